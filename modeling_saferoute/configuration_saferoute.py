@@ -1,0 +1,54 @@
+"""SafeRouteConfig: the student encoder's config, the router's sizes and the large-guard reference."""
+
+from transformers import AutoConfig, PretrainedConfig
+
+LABELS = {0: "safe", 1: "unsafe"}
+LARGE_GUARD_KEYS = ("name_or_path", "revision", "kind", "dtype", "max_length", "batch_size", "options")
+
+
+class SafeRouteConfig(PretrainedConfig):
+    r"""Configuration of a [`SafeRouteForSequenceClassification`] (student guard + router).
+
+    Args:
+        encoder (`PretrainedConfig` or `dict`): config of the student; any encoder with an
+            `AutoModelForSequenceClassification` class (BERT, DeBERTa-v2, ModernBERT, MPNet...).
+        router_hidden_size (`int`, 512): width of the router MLP (d -> h -> h -> 1).
+        router_threshold (`float`, 0.5): route to the large guard when sigmoid(router logit) > this.
+        threshold (`float`, 0.5): an input is "unsafe" when P(unsafe) > this.
+        max_length (`int`, optional): token budget of the pair encoding; default the encoder's maximum.
+        large_guard (`dict`, optional): reference to the large guard: `name_or_path`, `revision`,
+            `kind` (a key of `guards.GUARD_KINDS`), `dtype`, `max_length`, `batch_size`, `options`.
+    """
+
+    model_type = "saferoute"
+    sub_configs = {"encoder": AutoConfig}
+
+    def __init__(
+        self,
+        encoder=None,
+        router_hidden_size=512,
+        router_threshold=0.5,
+        threshold=0.5,
+        max_length=None,
+        large_guard=None,
+        **kwargs,
+    ):
+        if isinstance(encoder, dict):
+            encoder = AutoConfig.for_model(**encoder)
+        self.encoder = encoder
+        self.router_hidden_size = router_hidden_size
+        self.router_threshold = float(router_threshold)
+        self.threshold = float(threshold)
+        self.max_length = max_length
+        large_guard = dict(large_guard or {})
+        unknown = set(large_guard) - set(LARGE_GUARD_KEYS)
+        if unknown:
+            raise ValueError(f"large_guard has unknown keys {sorted(unknown)}; allowed: {list(LARGE_GUARD_KEYS)}")
+        self.large_guard = large_guard
+        kwargs["id2label"] = dict(LABELS)
+        kwargs["label2id"] = {v: k for k, v in LABELS.items()}
+        super().__init__(**kwargs)
+
+    @property
+    def hidden_size(self):
+        return self.encoder.hidden_size if self.encoder is not None else None

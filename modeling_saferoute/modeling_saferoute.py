@@ -1,0 +1,121 @@
+"""SafeRouteForSequenceClassification: a student guard and its router in one PreTrainedModel.
+
+The student is a stock `AutoModelForSequenceClassification` (so any checkpoint fine-tuned with
+the usual tools loads as is). The router reads the exact feature the student's classification
+layer reads (captured with a forward pre-hook on that layer), so one forward gives P(unsafe),
+the router score and the feature.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_saferoute import SafeRouteConfig
+
+
+@dataclass
+class SafeRouteOutput(ModelOutput):
+    """Outputs of [`SafeRouteForSequenceClassification`].
+
+    logits: (batch, 2) student logits, label 1 = unsafe. router_logits: (batch,) router logit;
+    sigmoid > router_threshold means "send to the large guard". features: (batch, d) the pooled
+    feature both heads read.
+    """
+
+    loss: Optional[torch.FloatTensor] = None
+    logits: Optional[torch.FloatTensor] = None
+    router_logits: Optional[torch.FloatTensor] = None
+    features: Optional[torch.FloatTensor] = None
+
+
+class SafeRouteRouter(nn.Module):
+    """The SafeRoute router: d -> h -> h -> 1 MLP with LayerNorm + ReLU."""
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(input_size, hidden_size),
+            nn.LayerNorm(hidden_size),
+            nn.ReLU(),
+            nn.Linear(hidden_size, hidden_size),
+            nn.LayerNorm(hidden_size),
+            nn.ReLU(),
+            nn.Linear(hidden_size, 1),
+        )
+
+    def forward(self, features):
+        return self.layers(features).squeeze(-1)
+
+
+def find_classification_layer(model, num_labels):
+    """The last `nn.Linear` with `num_labels` outputs: the layer whose input is the pooled feature."""
+    found = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.out_features == num_labels:
+            found = module
+    if found is None:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear with {num_labels} outputs to read features from.")
+    return found
+
+
+class SafeRoutePreTrainedModel(PreTrainedModel):
+    config_class = SafeRouteConfig
+    base_model_prefix = "saferoute"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        if isinstance(module, SafeRouteRouter):
+            for layer in module.layers:
+                if isinstance(layer, nn.Linear):
+                    nn.init.xavier_uniform_(layer.weight)
+                    nn.init.zeros_(layer.bias)
+                elif isinstance(layer, nn.LayerNorm):
+                    nn.init.ones_(layer.weight)
+                    nn.init.zeros_(layer.bias)
+
+
+class SafeRouteForSequenceClassification(SafeRoutePreTrainedModel):
+    def __init__(self, config: SafeRouteConfig):
+        super().__init__(config)
+        encoder_config = config.encoder
+        encoder_config.num_labels = 2
+        encoder_config.id2label = dict(config.id2label)
+        encoder_config.label2id = dict(config.label2id)
+        self.student = AutoModelForSequenceClassification.from_config(encoder_config)
+        head = find_classification_layer(self.student, 2)  # not stored: it is already in self.student
+        head.register_forward_pre_hook(self._capture_features)
+        self.router = SafeRouteRouter(head.in_features, config.router_hidden_size)
+        self._features = None
+        self.post_init()
+
+    def _capture_features(self, module, args):
+        self._features = args[0]
+
+    @property
+    def max_length(self):
+        """Token budget of the pair encoding."""
+        limits = [self.config.max_length, getattr(self.config.encoder, "max_position_embeddings", None)]
+        limits = [x for x in limits if x]
+        return min(limits) if limits else 512
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
+        model_inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            model_inputs["token_type_ids"] = token_type_ids
+        student_out = self.student(**model_inputs, **kwargs)
+        features = self._features
+        self._features = None
+        router_logits = self.router(features.to(self.router.layers[0].weight.dtype))
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(student_out.logits.float(), labels)
+        return SafeRouteOutput(loss=loss, logits=student_out.logits, router_logits=router_logits, features=features)
+
+
+SafeRouteConfig.register_for_auto_class()
+SafeRouteForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")

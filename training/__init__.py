@@ -1,0 +1,1 @@
+"""Training, evaluation, packaging and the `saferoute` command line."""

@@ -1,0 +1,126 @@
+"""`saferoute package`: assemble a SafeRoute model folder (student + router + large-guard reference).
+
+The folder is exactly what `saferoute push` uploads: safetensors weights, tokenizer, config.json
+with `auto_map` and `custom_pipelines`, the remote code of `modeling_saferoute/`, and README.md.
+"""
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+import modeling_saferoute
+from modeling_saferoute import PIPELINE_IMPL, REMOTE_CODE_FILES, SafeRouteConfig, SafeRouteForSequenceClassification
+from modeling_saferoute.bundled import resolve
+from modeling_saferoute.guards import GUARD_KINDS
+
+from .config import parse_args
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PackageArguments:
+    student: str = field(default="bundled:minilm-l6", metadata={"help": "Student: a sequence-classification checkpoint (head kept), a bare encoder (new, untrained head), a SafeRoute folder, or a bundled: alias."})
+    output: str = field(default="outputs/saferoute-guard", metadata={"help": "Output model folder."})
+    large_guard: Optional[str] = field(default=None, metadata={"help": "Large guard: local folder, Hub id or bundled: alias. Recorded, not downloaded."})
+    large_guard_kind: Optional[str] = field(default=None, metadata={"help": f"Adapter kind of the large guard: {sorted(GUARD_KINDS)}."})
+    large_guard_revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of the large guard."})
+    large_guard_dtype: Optional[str] = field(default=None, metadata={"help": "dtype the large guard loads in (e.g. bfloat16)."})
+    router: Optional[str] = field(default=None, metadata={"help": "Router weights: a safetensors file or a SafeRoute folder (its router.* tensors)."})
+    router_threshold: Optional[float] = field(default=None, metadata={"help": "Route when the router score is above this (default 0.5, or the router's own)."})
+    threshold: float = field(default=0.5, metadata={"help": "P(unsafe) above this is 'unsafe'."})
+    max_length: Optional[int] = field(default=None, metadata={"help": "Token budget of the student's pair encoding (default: the encoder's maximum)."})
+    model_card: bool = field(default=True, metadata={"help": "Write README.md (the model card)."})
+
+
+def load_student(student):
+    """(SafeRoute model, tokenizer, head_trained) from a SafeRoute folder, classifier or bare encoder."""
+    path = resolve(student)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=True)
+    if config.model_type == SafeRouteConfig.model_type:
+        return SafeRouteForSequenceClassification.from_pretrained(path), tokenizer, True
+    classifier, info = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=2, output_loading_info=True, ignore_mismatched_sizes=True
+    )
+    head_trained = not info["missing_keys"] and not info["mismatched_keys"]
+    model = SafeRouteForSequenceClassification(SafeRouteConfig(encoder=classifier.config))
+    model.student.load_state_dict(classifier.state_dict())
+    return model, tokenizer, head_trained
+
+
+def load_router_weights(path):
+    """The `router.*` tensors of a safetensors file or of a SafeRoute folder's model.safetensors."""
+    path = Path(path)
+    file = path / "model.safetensors" if path.is_dir() else path
+    if not file.exists():
+        raise FileNotFoundError(f"Router weights not found: {file}")
+    tensors = {k[len("router.") :]: v for k, v in load_file(file).items() if k.startswith("router.")}
+    if not tensors:
+        raise ValueError(f"{file} holds no router.* tensors.")
+    return tensors
+
+
+def package(args: PackageArguments):
+    """Write the model folder; returns its path."""
+    if args.large_guard and args.large_guard_kind not in GUARD_KINDS:
+        raise ValueError(f"--large-guard-kind must be one of {sorted(GUARD_KINDS)}, got {args.large_guard_kind!r}.")
+    model, tokenizer, head_trained = load_student(args.student)
+    if not head_trained:
+        logger.warning(
+            "The student %s has no trained 2-way classification head: a NEW, UNTRAINED head was added. "
+            "Its verdicts are meaningless until it is trained (saferoute distill).",
+            args.student,
+        )
+    router_trained = model.config.to_dict().get("router_trained", False)
+    if args.router:
+        model.router.load_state_dict(load_router_weights(args.router))
+        router_trained = True
+    if not router_trained:
+        logger.warning("The router is UNTRAINED (no --router given): its routing decisions are arbitrary.")
+    config = model.config
+    if args.large_guard:
+        config.large_guard = {
+            "name_or_path": args.large_guard,
+            "kind": args.large_guard_kind,
+            "revision": args.large_guard_revision,
+            "dtype": args.large_guard_dtype,
+        }
+    if args.router_threshold is not None:
+        config.router_threshold = float(args.router_threshold)
+    config.threshold = float(args.threshold)
+    if args.max_length:
+        config.max_length = args.max_length
+    config.head_trained = bool(head_trained or getattr(config, "head_trained", False))
+    config.router_trained = bool(router_trained)
+    config.custom_pipelines = {"text-classification": dict(PIPELINE_IMPL)}
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output)
+    tokenizer.save_pretrained(output)
+    code_dir = Path(modeling_saferoute.__file__).parent
+    for name in REMOTE_CODE_FILES:
+        shutil.copy(code_dir / name, output / name)
+    if args.model_card:
+        from model_cards import render_model_card
+
+        render_model_card(output, student=args.student).save(output / "README.md")
+    return output
+
+
+def main(argv=None):
+    args = parse_args([PackageArguments], argv, section="package")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = package(args)
+    print(f"Wrote SafeRoute model folder {out}")
+    print(f'  from transformers import pipeline\n  guard = pipeline("text-classification", model="{out}", trust_remote_code=True)')
+
+
+if __name__ == "__main__":
+    main()
