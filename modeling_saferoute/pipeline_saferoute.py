@@ -116,8 +116,8 @@ class SafeRoutePipeline(Pipeline):
 
     def __call__(self, inputs, batch_size=None, **kwargs):
         """Classify one input or a list; batches are sorted by length so padding stays small."""
-        single = isinstance(inputs, (str, dict)) or inputs is None
-        raw = [inputs] if single else list(inputs)
+        single = isinstance(inputs, (str, dict)) or not hasattr(inputs, "__iter__")
+        raw = [inputs] if single else list(inputs)  # lists, tuples, datasets, generators
         items = [normalize_input(x) for x in raw]
         _, forward_params, post_params = self._sanitize_parameters(**kwargs)
         forward_params = {**self._forward_params, **forward_params}

@@ -53,7 +53,7 @@ def build_tiny_student(out):
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=_train_tokenizer(special, bert_post),
         unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-        model_max_length=64,
+        model_max_length=64, model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
     torch.manual_seed(0)
     config = BertConfig(

@@ -4,6 +4,12 @@ import importlib
 import sys
 
 COMMANDS = {
+    "train-guard": ("training.train_guard", "Train a large guard (teacher): Llama-Guard-format LLM (TRL SFT + LoRA) or encoder classifier."),
+    "build-corpus": ("dataset_builders.harmaug.build", "Build the HarmAug corpus: generate, filter, respond, label with the teacher, write."),
+    "distill": ("training.distill", "HarmAug knowledge distillation of the teacher into the student."),
+    "train-router": ("training.train_router", "Train the SafeRoute router on the student's features."),
+    "evaluate": ("training.evaluate", "Evaluate guards / SafeRoute models on the six-benchmark suite."),
+    "push": ("training.push", "Upload a model or dataset folder to the Hugging Face Hub."),
     "package": ("training.package", "Assemble a SafeRoute model folder from a student, a router and a large-guard reference."),
     "quickstart": ("training.quickstart", "Run the whole chain with the bundled offline models."),
 }
