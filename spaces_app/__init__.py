@@ -1,0 +1,1 @@
+"""The Gradio Space of a SafeRoute model (`saferoute demo`)."""
