@@ -83,6 +83,12 @@ class Guard:
 class SequenceClassificationGuard(Guard):
     """A 2-way classifier on the pair encoding (e.g. a HarmAug DeBERTa); label 1 = unsafe."""
 
+    def __init__(self, model, tokenizer, **kwargs):
+        super().__init__(model, tokenizer, **kwargs)
+        # never encode past the encoder's position limit (e.g. 512 for MiniLM / MPNet)
+        limits = [getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length]
+        self.max_length = min([self.max_length] + [x for x in limits if x and x < 1_000_000])
+
     def _score_batch(self, items):
         encodings, _ = encode_pairs(self.tokenizer, items, self.max_length)
         batch = self.tokenizer.pad(encodings, return_tensors="pt").to(self.device)

@@ -52,11 +52,11 @@ class SafeRouteRouter(nn.Module):
 
 
 def find_classification_layer(model, num_labels):
-    """The last `nn.Linear` with `num_labels` outputs: the layer whose input is the pooled feature."""
+    """(name, layer) of the last `nn.Linear` with `num_labels` outputs: its input is the pooled feature."""
     found = None
-    for module in model.modules():
+    for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and module.out_features == num_labels:
-            found = module
+            found = (name, module)
     if found is None:
         raise ValueError(f"{type(model).__name__} has no nn.Linear with {num_labels} outputs to read features from.")
     return found
@@ -87,14 +87,23 @@ class SafeRouteForSequenceClassification(SafeRoutePreTrainedModel):
         encoder_config.id2label = dict(config.id2label)
         encoder_config.label2id = dict(config.label2id)
         self.student = AutoModelForSequenceClassification.from_config(encoder_config)
-        head = find_classification_layer(self.student, 2)  # not stored: it is already in self.student
-        head.register_forward_pre_hook(self._capture_features)
+        self._head_name, head = find_classification_layer(self.student, 2)
         self.router = SafeRouteRouter(head.in_features, config.router_hidden_size)
         self._features = None
+        # A plain dict, so the hooked layer is not registered twice as a submodule.
+        self._hook = {"module": None, "handle": None}
         self.post_init()
 
     def _capture_features(self, module, args):
         self._features = args[0]
+
+    def _ensure_feature_hook(self):
+        """Hook the head layer that is in the student now (quantization or PEFT may have swapped it)."""
+        head = self.student.get_submodule(self._head_name)
+        if self._hook["module"] is not head:
+            if self._hook["handle"] is not None:
+                self._hook["handle"].remove()
+            self._hook = {"module": head, "handle": head.register_forward_pre_hook(self._capture_features)}
 
     @property
     def max_length(self):
@@ -107,6 +116,7 @@ class SafeRouteForSequenceClassification(SafeRoutePreTrainedModel):
         model_inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             model_inputs["token_type_ids"] = token_type_ids
+        self._ensure_feature_hook()
         student_out = self.student(**model_inputs, **kwargs)
         features = self._features
         self._features = None

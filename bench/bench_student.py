@@ -1,0 +1,95 @@
+"""Student throughput on the benchmark suite's real length distribution.
+
+Compares, in one run (machines are noisy, so read the ratios): the stock
+`pipeline("text-classification", model=student_dir)` called one input at a time, against this
+project's SafeRoute pipeline (route="never") at its default batch size in fp32, bf16 autocast and
+int8 dynamic quantization; and tokens/s against this machine's bf16 matrix-multiply peak.
+
+    python bench/bench_student.py [--model SAFEROUTE_DIR] [--n 400]
+"""
+
+import argparse
+import copy
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import pipeline
+
+from dataset_builders.benchmarks import load_benchmarks
+from dataset_builders.schema import guard_items
+from training.package import PackageArguments, package
+
+
+def matmul_peak(dtype=torch.bfloat16, size=2048, seconds=3.0):
+    """Measured FLOP/s of a square matrix multiply in `dtype`."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        n += 1
+    return 2 * size**3 * n / (time.perf_counter() - start)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="SafeRoute model folder (default: package bundled:minilm-l6 into a temp folder)")
+    parser.add_argument("--n", type=int, default=400, help="examples, stratified over the six benchmarks")
+    parser.add_argument("--stock-n", type=int, default=150, help="examples for the slow one-at-a-time stock pipeline")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    tmp = Path(tempfile.mkdtemp())
+    model_dir = args.model or str(package(PackageArguments(student="bundled:minilm-l6", output=str(tmp / "m"), model_card=False)))
+    data = load_benchmarks("all", max_per_benchmark=max(1, args.n // 6), seed=0)
+    items = [it for ds in data.values() for it in guard_items(ds)]
+    items = [items[i] for i in np.random.default_rng(0).permutation(len(items))]
+    ours = pipeline("text-classification", model=model_dir, trust_remote_code=True)
+    student_dir = tmp / "student"
+    ours.model.student.save_pretrained(student_dir)
+    ours.tokenizer.save_pretrained(student_dir)
+    stock = pipeline("text-classification", model=str(student_dir))
+    lengths = [len(ours.tokenizer(it["prompt"], it["response"], truncation=True, max_length=ours.model.max_length)["input_ids"]) for it in items]
+    tokens = sum(lengths)
+    params = sum(p.numel() for n, p in ours.model.student.named_parameters() if "embeddings" not in n)
+    print(f"{len(items)} examples, {tokens / len(items):.0f} tokens each on average, {params / 1e6:.1f}M non-embedding parameters")
+
+    rows = {}  # name -> (examples/s, tokens/s)
+    stock_items = items[: args.stock_n]
+    _, t = timed(lambda: [stock({"text": it["prompt"], "text_pair": it["response"] or ""} if it["response"] else it["prompt"], truncation=True) for it in stock_items])
+    rows["stock pipeline, one input at a time (fp32)"] = (len(stock_items) / t, sum(lengths[: args.stock_n]) / t)
+    ours(items[:32], route="never")  # warm-up
+    fp32, t = timed(lambda: ours(items, route="never"))
+    rows["SafeRoute pipeline, batched, fp32"] = (len(items) / t, tokens / t)
+    bf16, t = timed(lambda: ours(items, route="never", autocast_dtype=torch.bfloat16))
+    rows["SafeRoute pipeline, batched, bf16 autocast"] = (len(items) / t, tokens / t)
+    int8_model = copy.deepcopy(ours.model)
+    int8_model.student = torch.ao.quantization.quantize_dynamic(int8_model.student, {torch.nn.Linear}, dtype=torch.qint8)
+    int8_pipe = pipeline("text-classification", model=int8_model, tokenizer=ours.tokenizer, pipeline_class=type(ours))
+    int8, t = timed(lambda: int8_pipe(items, route="never"))
+    rows["SafeRoute pipeline, batched, int8 dynamic"] = (len(items) / t, tokens / t)
+
+    peak = matmul_peak()
+    base = rows["stock pipeline, one input at a time (fp32)"][0]
+    print(f"\nbf16 matmul peak: {peak / 1e9:.1f} GFLOP/s")
+    print("| configuration | examples/s | x stock | tokens/s | share of bf16 peak |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, (eps, tps) in rows.items():
+        print(f"| {name} | {eps:.1f} | {eps / base:.1f}x | {tps:.0f} | {2 * params * tps / peak:.1%} |")
+    ref = np.array([r["student_unsafe_score"] for r in fp32])
+    for name, res in (("bf16", bf16), ("int8", int8)):
+        got = np.array([r["student_unsafe_score"] for r in res])
+        agree = np.mean((got > 0.5) == (ref > 0.5))
+        print(f"{name} vs fp32: max |dP(unsafe)| {np.abs(got - ref).max():.4f}, label agreement {agree:.1%}")
+
+
+if __name__ == "__main__":
+    main()
