@@ -260,3 +260,20 @@ def test_pipeline_class_is_not_registered_globally():
 
     impl = PIPELINE_REGISTRY.get_supported_tasks() and PIPELINE_REGISTRY.check_task("text-classification")[1]["impl"]
     assert impl is not SafeRoutePipeline
+
+
+def test_onnx_export_matches_pytorch(packaged, tmp_path, guard_pipe):
+    from training.export import OnnxSafeRoute, export_onnx
+
+    paths = export_onnx(packaged, tmp_path / "onnx", int8=True)
+    assert [p.name for p in paths] == ["model.onnx", "model_int8.onnx"]
+    inputs = MIXED_INPUTS * 3
+    expected = guard_pipe(inputs, route="never")
+    ref_unsafe = [r["student_unsafe_score"] for r in expected]
+    ref_router = [r["router_score"] for r in expected]
+    unsafe, router = OnnxSafeRoute(paths[0]).score(inputs, batch_size=4)
+    assert list(unsafe) == pytest.approx(ref_unsafe, abs=1e-4)
+    assert list(router) == pytest.approx(ref_router, abs=1e-4)
+    unsafe8, router8 = OnnxSafeRoute(paths[1]).score(inputs, batch_size=4)
+    assert list(unsafe8) == pytest.approx(ref_unsafe, abs=0.05)  # int8 weights: close, not equal
+    assert list(router8) == pytest.approx(ref_router, abs=0.05)

@@ -11,6 +11,7 @@ COMMANDS = {
     "evaluate": ("training.evaluate", "Evaluate guards / SafeRoute models on the six-benchmark suite."),
     "push": ("training.push", "Upload a model or dataset folder to the Hugging Face Hub."),
     "package": ("training.package", "Assemble a SafeRoute model folder from a student, a router and a large-guard reference."),
+    "export": ("training.export", "Export a SafeRoute model to ONNX (fp32 and int8) for onnxruntime."),
     "demo": ("spaces_app.app", "Serve the Gradio demo of a SafeRoute model on localhost."),
     "quickstart": ("training.quickstart", "Run the whole chain with the bundled offline models."),
 }

@@ -11,7 +11,7 @@ import sys
 import yaml
 from transformers import HfArgumentParser
 
-SECTIONS = ("train_guard", "build_corpus", "distill", "train_router", "package", "evaluate", "quickstart")
+SECTIONS = ("train_guard", "build_corpus", "distill", "train_router", "package", "evaluate", "quickstart", "export")
 
 
 def load_recipe(path, section):
