@@ -20,6 +20,7 @@ from transformers import pipeline
 
 from dataset_builders.benchmarks import load_benchmarks
 from dataset_builders.schema import guard_items
+from training.export import OnnxSafeRoute, export_onnx
 from training.package import PackageArguments, package
 
 
@@ -76,6 +77,14 @@ def main(argv=None):
     int8_pipe = pipeline("text-classification", model=int8_model, tokenizer=ours.tokenizer, pipeline_class=type(ours))
     int8, t = timed(lambda: int8_pipe(items, route="never"))
     rows["SafeRoute pipeline, batched, int8 dynamic"] = (len(items) / t, tokens / t)
+    onnx_paths = export_onnx(model_dir, tmp / "onnx", int8=True)
+    onnx_scores = {}
+    for path, name in zip(onnx_paths, ("ONNX fp32 (onnxruntime)", "ONNX int8 (onnxruntime)")):
+        runner = OnnxSafeRoute(path)
+        runner.score(items[:32])  # warm-up
+        (unsafe, _), t = timed(lambda: runner.score(items))
+        rows[name] = (len(items) / t, tokens / t)
+        onnx_scores[name.split(" (")[0]] = unsafe
 
     peak = matmul_peak()
     base = rows["stock pipeline, one input at a time (fp32)"][0]
@@ -85,8 +94,9 @@ def main(argv=None):
     for name, (eps, tps) in rows.items():
         print(f"| {name} | {eps:.1f} | {eps / base:.1f}x | {tps:.0f} | {2 * params * tps / peak:.1%} |")
     ref = np.array([r["student_unsafe_score"] for r in fp32])
-    for name, res in (("bf16", bf16), ("int8", int8)):
-        got = np.array([r["student_unsafe_score"] for r in res])
+    variants = {"bf16": bf16, "int8": int8}
+    variants = {k: np.array([r["student_unsafe_score"] for r in v]) for k, v in variants.items()} | onnx_scores
+    for name, got in variants.items():
         agree = np.mean((got > 0.5) == (ref > 0.5))
         print(f"{name} vs fp32: max |dP(unsafe)| {np.abs(got - ref).max():.4f}, label agreement {agree:.1%}")
 
