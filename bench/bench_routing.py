@@ -1,7 +1,7 @@
 """Routed inference against the large guard alone, measured in one run.
 
 Runs the SafeRoute pipeline (route="auto": student on everything, the large guard on the routed
-share) and the large guard alone (route="always") over the benchmark suite, and prints the wall
+share) and the large guard's adapter alone over the benchmark suite, and prints the wall
 time of each, their ratio, the share routed, and the F1 of each.
 
     python bench/bench_routing.py --model outputs/saferoute-guard [--max-per-benchmark 200]
@@ -32,7 +32,11 @@ def main(argv=None):
         per_benchmark = {}
         for name, ds in data.items():
             start = time.perf_counter()
-            results = guard(guard_items(ds), route=mode, batch_size=args.batch_size)
+            if mode == "auto":
+                results = guard(guard_items(ds), route="auto", batch_size=args.batch_size)
+            else:  # the large guard alone, without the student's forward
+                scores = guard.large_guard.score(guard_items(ds), batch_size=args.batch_size)
+                results = [{"label": "unsafe" if s > 0.5 else "safe", "routed": True} for s in scores]
             total_time += time.perf_counter() - start
             p = [int(r["label"] == "unsafe") for r in results]
             per_benchmark[name] = f1_score(ds["label"], p, zero_division=0)
