@@ -8,29 +8,90 @@ from huggingface_hub import ModelCard, ModelCardData
 TEMPLATES = Path(__file__).parent
 
 
+BENCHMARK_TITLES = {
+    "openai_moderation": ("OpenAI Moderation", "openai/moderation-api-release"),
+    "toxicchat": ("ToxicChat", "lmsys/toxic-chat"),
+    "harmbench": ("HarmBench (classifier val)", "harmbench"),
+    "wildguardmix_prompt": ("WildGuardMix prompt", "allenai/wildguardmix"),
+    "wildguardmix_response": ("WildGuardMix response", "allenai/wildguardmix"),
+    "xstest_response": ("XSTest response", "allenai/xstest-response"),
+}
+METHOD_TITLES = {
+    "student": "student only", "large": "large guard only", "saferoute": "SafeRoute (this model)",
+    "random": "random routing, same usage", "entropy": "entropy routing", "temperature": "temperature-scaled entropy",
+    "oracle": "oracle routing",
+}
+
+
+def eval_results(report, method="saferoute"):
+    """huggingface_hub `EvalResult`s (model-index) of one method of an evaluation report."""
+    from huggingface_hub import EvalResult
+
+    results = []
+    for name, bench in report.get("benchmarks", {}).items():
+        metrics = bench["methods"].get(method)
+        if metrics is None:
+            continue
+        title, dataset_type = BENCHMARK_TITLES.get(name, (name, name))
+        for metric in ("f1", "auprc"):
+            results.append(EvalResult(
+                task_type="text-classification", dataset_type=dataset_type, dataset_name=title, dataset_config=name,
+                metric_type=metric, metric_name="F1 (threshold 0.5)" if metric == "f1" else "AUPRC",
+                metric_value=round(float(metrics[metric]), 4),
+            ))
+    return results
+
+
+def results_table(report):
+    """Markdown tables (F1, AUPRC, large-guard usage) of every method of a report, papers' layout."""
+    names = list(report.get("benchmarks", {}))
+    if not names:
+        return ""
+    header = "| method | " + " | ".join(BENCHMARK_TITLES.get(n, (n,))[0] for n in names) + " | avg |"
+    rule = "| --- " * (len(names) + 2) + "|"
+    lines = []
+    for metric, title in (("f1", "F1 (threshold 0.5)"), ("auprc", "AUPRC"), ("large_usage", "share sent to the large guard")):
+        lines += [f"**{title}**", "", header, rule]
+        for method, label in METHOD_TITLES.items():
+            if method not in report["average"]["methods"]:
+                continue
+            cells = [report["benchmarks"][n]["methods"][method][metric] for n in names]
+            avg = report["average"]["methods"][method][metric]
+            lines.append(f"| {label} | " + " | ".join(f"{c:.3f}" for c in cells) + f" | {avg:.3f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def render_model_card(model_dir, student=None, report=None):
-    """The README.md of a SafeRoute model folder, from its config and an optional evaluation report."""
+    """The README.md of a SafeRoute model folder, from its config and an optional evaluation report
+    (the `report.json` dict of `saferoute evaluate`: its numbers go into model-index and tables)."""
     model_dir = Path(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
     large = config.get("large_guard") or {}
+    student = student or config.get("encoder", {}).get("_name_or_path") or "unknown"
     card_data = ModelCardData(
+        model_name=model_dir.name,
         library_name="transformers",
         pipeline_tag="text-classification",
         tags=["safety", "guard", "saferoute", "harmaug", "custom_code"],
         license="apache-2.0",
-        base_model=None if (student or "").startswith("bundled:") else student,
+        eval_results=eval_results(report) if report else None,
     )
+    throughput = (report or {}).get("average", {}).get("throughput", {})
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATES / "model_card.md"),
         model_dir=model_dir.name,
-        student=student or config.get("_name_or_path", "unknown"),
+        student=student,
         large_guard=large,
         router_threshold=config.get("router_threshold"),
         threshold=config.get("threshold"),
         head_trained=config.get("head_trained", False),
         router_trained=config.get("router_trained", False),
         report=report,
+        results_table=results_table(report) if report else "",
+        throughput=throughput,
+        eval_settings=(report or {}).get("settings", {}),
     )
 
 
