@@ -1,0 +1,262 @@
+"""`saferoute evaluate`: end to end on tiny models, the score cache, and every reported number
+recomputed with scikit-learn from the saved per-example scores."""
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_score, recall_score
+
+import training.evaluate as E
+from training import eval_metrics as M
+from training.cli import main as cli
+from training.package import PackageArguments, package
+
+BENCHMARKS = ["openai_moderation", "toxicchat", "harmbench", "wildguardmix_prompt", "wildguardmix_response", "xstest_response"]
+ARGS = ["--benchmarks", "all", "--max-per-benchmark", "50", "--max-validation", "60", "--large-budget", "0.2"]
+
+
+def _boom(*args, **kwargs):
+    raise AssertionError("a model was loaded although every score is cached")
+
+
+@pytest.fixture(scope="module")
+def saferoute_dir(tmp_path_factory, tiny_student_dir, tiny_llama_guard_dir):
+    out = tmp_path_factory.mktemp("saferoute") / "model"
+    return package(PackageArguments(student=str(tiny_student_dir), large_guard=str(tiny_llama_guard_dir),
+                                    large_guard_kind="llama_guard", output=str(out), model_card=False))
+
+
+@pytest.fixture(scope="module")
+def first_run(saferoute_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "eval"
+    cli(["evaluate", "--model", str(saferoute_dir), *ARGS, "--output", str(out)])
+    return out
+
+
+def _mtimes(folder):
+    return {p.name: p.stat().st_mtime_ns for p in (folder / "cache").glob("*.parquet")}
+
+
+def test_first_run_writes_report_cache_and_plots(first_run):
+    report = json.loads((first_run / "report.json").read_text())
+    assert report["mode"] == "saferoute"
+    assert list(report["benchmarks"]) == BENCHMARKS
+    for name, bench in report["benchmarks"].items():
+        assert bench["n"] == 50
+        assert set(bench["methods"]) == set(M.METHODS)
+        for method in M.METHODS:
+            assert set(M.METRICS) <= set(bench["methods"][method])
+        assert set(bench["throughput"]) == {"student", "large_guard", "saferoute"}
+        assert bench["throughput"]["student"]["examples_per_second"] > 0
+        assert bench["methods"]["large"]["large_usage"] == 1.0 and bench["methods"]["student"]["large_usage"] == 0.0
+    assert report["scored_this_run"]["student"] > 300 and report["scored_this_run"]["large_guard"] > 250
+    assert 0 < report["settings"]["temperature"] and report["settings"]["entropy_unit"] == "nats"
+    assert report["budget"]["validation_usage"] <= 0.2
+    assert len(_mtimes(first_run)) == 2  # the SafeRoute model's and the large guard's caches
+    for png in ("pr_curves.png", "f1_vs_usage.png"):
+        assert (first_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (first_run / "report.md").read_text()
+    assert "| SafeRoute |" in md and "## Throughput" in md and "Large-model budget" in md
+    scores = pd.read_parquet(first_run / "scores.parquet")
+    assert len(scores) == 300 and scores[["student_unsafe_score", "router_score", "large_unsafe_score"]].notna().all().all()
+
+
+def test_rerun_loads_no_model(first_run, saferoute_dir, monkeypatch):
+    before = json.loads((first_run / "report.json").read_text())
+    mtimes = _mtimes(first_run)
+    monkeypatch.setattr(E, "pipeline", _boom)
+    monkeypatch.setattr(E, "load_guard", _boom)
+    cli(["evaluate", "--model", str(saferoute_dir), *ARGS, "--output", str(first_run)])
+    after = json.loads((first_run / "report.json").read_text())
+    assert after["scored_this_run"] == {"student": 0, "large_guard": 0}
+    assert _mtimes(first_run) == mtimes
+    assert after["benchmarks"] == before["benchmarks"] and after["average"] == before["average"]
+
+
+def test_other_large_guard_is_not_served_stale_scores(first_run, saferoute_dir, tmp_path, monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    guard_dir = tmp_path / "other-guard"
+    src = json.loads((saferoute_dir / "config.json").read_text())["large_guard"]["name_or_path"]
+    model = AutoModelForCausalLM.from_pretrained(src)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)
+    model.save_pretrained(guard_dir)
+    AutoTokenizer.from_pretrained(src).save_pretrained(guard_dir)
+    out = tmp_path / "eval"
+    shutil.copytree(first_run, out)
+    monkeypatch.setattr(E, "pipeline", _boom)  # the student's scores are reused
+    report = E.evaluate_saferoute(saferoute_dir, benchmarks="toxicchat,harmbench", max_per_benchmark=50,
+                                  max_validation=60, output=str(out), large_guard=str(guard_dir),
+                                  large_guard_kind="llama_guard", plots=False)
+    assert report["scored_this_run"]["student"] == 0
+    assert report["scored_this_run"]["large_guard"] >= 95  # 100 rows, a few duplicate ids
+    assert len(_mtimes(out)) == 3
+
+
+def _synthetic_cache(folder, labels_by_id):
+    """Replace every cached score by label-correlated random scores (the tiny models are near-constant)."""
+    rng = np.random.default_rng(0)
+    for path in (folder / "cache").glob("*.parquet"):
+        frame = pd.read_parquet(path)
+        y = np.array([labels_by_id.get(i, rng.integers(2)) for i in frame["id"]])
+        sign = 2 * y - 1
+        if "router_score" in frame:
+            frame["student_unsafe_score"] = 1 / (1 + np.exp(-(0.8 * sign + rng.normal(0, 1.5, len(y)))))
+            frame["router_score"] = rng.uniform(0, 1, len(y))
+        else:
+            frame["unsafe_score"] = 1 / (1 + np.exp(-(1.5 * sign + rng.normal(0, 1.5, len(y)))))
+        frame.to_parquet(path, index=False)
+
+
+def _expected(y, s, r, lg, settings):
+    """Every method's routing decisions, written independently of training.eval_metrics."""
+    p = np.clip(s, 1e-7, 1 - 1e-7)
+    pt = 1 / (1 + np.exp(-np.log(p / (1 - p)) / settings["temperature"]))
+    nats = lambda q: -(q * np.log(q) + (1 - q) * np.log(1 - q))  # noqa: E731
+    target = ((s > 0.5) != y) & ((lg > 0.5) == y)
+    n = len(y)
+    routes = {
+        "student": np.zeros(n, bool), "large": np.ones(n, bool), "saferoute": r > settings["router_threshold"],
+        "entropy": nats(p) > 0.5, "temperature": nats(pt) > 0.5, "oracle": target,
+    }
+    k = int(routes["saferoute"].sum())
+    randoms = []
+    for seed in range(settings["random_seeds"]):
+        mask = np.zeros(n, bool)
+        mask[np.random.default_rng(seed).choice(n, size=k, replace=False)] = True
+        randoms.append(mask)
+    return routes, randoms, target
+
+
+def _sk(y, final, routed, target):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pred = (final > 0.5).astype(int)
+        return {
+            "f1": f1_score(y, pred), "precision": precision_score(y, pred), "recall": recall_score(y, pred),
+            "accuracy": accuracy_score(y, pred), "auprc": average_precision_score(y, final),
+            "large_usage": routed.mean(), "routing_f1": f1_score(target, routed),
+        }
+
+
+def test_every_reported_number_recomputes_with_sklearn(first_run, saferoute_dir, tmp_path, monkeypatch):
+    out = tmp_path / "eval"
+    shutil.copytree(first_run, out)
+    first = pd.read_parquet(first_run / "scores.parquet")
+    _synthetic_cache(out, dict(zip(first["id"], first["label"])))
+    monkeypatch.setattr(E, "pipeline", _boom)
+    monkeypatch.setattr(E, "load_guard", _boom)
+    cli(["evaluate", "--model", str(saferoute_dir), *ARGS, "--output", str(out)])
+    report = json.loads((out / "report.json").read_text())
+    scores = pd.read_parquet(out / "scores.parquet")
+    settings = report["settings"]
+    for path in (out / "cache").glob("*.parquet"):  # each row carries its own id's cached score
+        cache = pd.read_parquet(path).drop_duplicates("id").set_index("id")
+        pairs = [("student_unsafe_score", "student_unsafe_score"), ("router_score", "router_score")]
+        for mine, theirs in pairs if "router_score" in cache else [("large_unsafe_score", "unsafe_score")]:
+            assert (cache.loc[scores["id"], theirs].to_numpy() == scores[mine].to_numpy()).all()
+    for name in BENCHMARKS:
+        f = scores[scores["benchmark"] == name]
+        y, s, r, lg = (f[c].to_numpy() for c in ("label", "student_unsafe_score", "router_score", "large_unsafe_score"))
+        assert s.std() > 0.1 and lg.std() > 0.1  # the synthetic scores are what got evaluated
+        routes, randoms, target = _expected(y, s, r, lg, settings)
+        reported = report["benchmarks"][name]["methods"]
+        for method, routed in routes.items():
+            expected = _sk(y, np.where(routed, lg, s), routed, target)
+            for metric, value in expected.items():
+                assert reported[method][metric] == pytest.approx(value, abs=1e-9), (name, method, metric)
+        runs = [_sk(y, np.where(m, lg, s), m, target) for m in randoms]
+        for metric in M.METRICS:
+            assert reported["random"][metric] == pytest.approx(np.mean([x[metric] for x in runs]), abs=1e-9)
+            assert reported["random"]["std"][metric] == pytest.approx(np.std([x[metric] for x in runs]), abs=1e-9)
+        assert reported["saferoute"]["large_usage"] == pytest.approx(reported["random"]["large_usage"])
+        budget = report["budget"]
+        routed = r > budget["router_threshold"]
+        assert budget["benchmarks"][name]["f1"] == pytest.approx(f1_score(y, np.where(routed, lg, s) > 0.5), abs=1e-9)
+        t = report["benchmarks"][name]["throughput"]
+        assert t["saferoute"]["seconds"] == pytest.approx(
+            f["student_seconds"].sum() + f["large_seconds"][routes["saferoute"]].sum())
+    for method in M.METHODS:
+        assert report["average"]["methods"][method]["f1"] == pytest.approx(
+            np.mean([report["benchmarks"][n]["methods"][method]["f1"] for n in BENCHMARKS]))
+    assert report["average"]["methods"]["oracle"]["f1"] >= report["average"]["methods"]["large"]["f1"]
+
+
+def test_guard_mode(tiny_student_dir, tmp_path):
+    report = E.evaluate_guard(tiny_student_dir, "sequence_classification", benchmarks="toxicchat,harmbench",
+                              max_per_benchmark=20, output=str(tmp_path / "g"))
+    assert report["mode"] == "guard" and list(report["benchmarks"]) == ["toxicchat", "harmbench"]
+    scores = pd.read_parquet(tmp_path / "g" / "scores.parquet")
+    for name, bench in report["benchmarks"].items():
+        f = scores[scores["benchmark"] == name]
+        assert set(bench["methods"]) == {"guard"}
+        assert bench["methods"]["guard"]["auprc"] == pytest.approx(average_precision_score(f["label"], f["unsafe_score"]))
+        assert bench["methods"]["guard"]["accuracy"] == pytest.approx(accuracy_score(f["label"], f["unsafe_score"] > 0.5))
+        assert bench["throughput"]["guard"]["examples_per_second"] > 0
+    assert (tmp_path / "g" / "pr_curves.png").exists() and "| guard |" in (tmp_path / "g" / "report.md").read_text()
+
+
+def test_bad_arguments(saferoute_dir, tiny_student_dir, tmp_path):
+    with pytest.raises(ValueError, match="exactly one"):
+        E.run_evaluation(E.EvaluateArguments(model=str(saferoute_dir), guard="x", guard_kind="llama_guard"))
+    with pytest.raises(ValueError, match="guard-kind"):
+        E.evaluate_guard("x", "nope")
+    with pytest.raises(ValueError, match="large-budget"):
+        E.evaluate_guard(tiny_student_dir, "sequence_classification", large_budget=0.2)
+    no_large = package(PackageArguments(student=str(tiny_student_dir), output=str(tmp_path / "m"), model_card=False))
+    with pytest.raises(ValueError, match="no large guard"):
+        E.evaluate_saferoute(no_large, benchmarks="harmbench", max_per_benchmark=5, output=str(tmp_path / "e"))
+
+
+# -- the metric helpers on hand-made examples ---------------------------------------------------------
+def test_metrics_match_sklearn_on_a_hand_made_example():
+    y = [1, 0, 1, 1, 0, 0, 1, 0]
+    s = [0.9, 0.2, 0.4, 0.7, 0.6, 0.1, 0.55, 0.5]
+    pred = [1, 0, 0, 1, 1, 0, 1, 0]  # 0.5 is not above the threshold
+    got = M.classification_metrics(y, s)
+    assert got == pytest.approx({"f1": f1_score(y, pred), "precision": precision_score(y, pred),
+                                 "recall": recall_score(y, pred), "accuracy": accuracy_score(y, pred),
+                                 "auprc": average_precision_score(y, s)})
+    assert got["f1"] == pytest.approx(0.75) and got["accuracy"] == pytest.approx(0.75)
+    large = [0.8, 0.1, 0.9, 0.2, 0.3, 0.7, 0.6, 0.4]
+    # student wrong & large right: index 2 (y=1, s=.4, l=.9) and 4 (y=0, s=.6, l=.3)
+    assert M.router_target(y, s, large).tolist() == [False, False, True, False, True, False, False, False]
+    routed = np.array([False, False, True, True, False, False, False, False])
+    got = M.routing_metrics(y, s, large, routed)
+    assert got["large_usage"] == 0.25
+    assert got["routing_f1"] == pytest.approx(f1_score([0, 0, 1, 0, 1, 0, 0, 0], routed))  # = 0.5
+    assert got["f1"] == pytest.approx(f1_score(y, [1, 0, 1, 0, 1, 0, 1, 0]))
+
+
+@pytest.mark.parametrize("y, s", [([0, 0, 0], [0.1, 0.7, 0.2]), ([1, 1, 1], [0.1, 0.2, 0.3]), ([0, 0], [0.1, 0.2])])
+def test_single_class_edge_cases_report_zero_with_a_warning(y, s, caplog):
+    sink = []
+    with M.collect_warnings(sink, "edge"):
+        got = M.classification_metrics(y, s)
+    assert got["f1"] == 0.0 and got["precision"] == 0.0 and not np.isnan(got["auprc"])
+    assert sink and all(w.startswith("edge: ") for w in sink)
+    assert any("ill-defined" in w or "positive" in w for w in sink)
+    assert any(r.levelname == "WARNING" for r in caplog.records)
+    with pytest.warns(UndefinedMetricWarning):  # outside collect_warnings, scikit-learn's own warning
+        M.classification_metrics(y, s)
+
+
+def test_entropy_temperature_and_budget():
+    assert M.binary_entropy(np.array([0.5]))[0] == pytest.approx(np.log(2))  # nats
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, 4000)
+    y = (rng.uniform(size=z.size) < 1 / (1 + np.exp(-z))).astype(int)
+    overconfident = 1 / (1 + np.exp(-3 * z))
+    assert M.fit_temperature(y, overconfident) == pytest.approx(3.0, rel=0.15)
+    r = np.array([0.9, 0.8, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
+    for budget, usage in [(0.0, 0.0), (0.1, 0.1), (0.2, 0.1), (0.35, 0.3), (1.0, 1.0)]:
+        assert (r > M.budget_threshold(r, budget)).mean() == pytest.approx(usage)  # ties never overshoot
+    with pytest.raises(ValueError):
+        M.budget_threshold(r, 1.5)

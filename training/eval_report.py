@@ -1,0 +1,165 @@
+"""`report.md` tables (shaped like the papers': a row per method, a column per benchmark, then the
+average) and matplotlib plots (Agg backend) of `saferoute evaluate`."""
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+SHORT = {
+    "openai_moderation": "OAI",
+    "toxicchat": "ToxicChat",
+    "harmbench": "HarmBench",
+    "wildguardmix_prompt": "WGM-prompt",
+    "wildguardmix_response": "WGM-response",
+    "xstest_response": "XSTest",
+}
+TITLES = {
+    "f1": "F1 (threshold {threshold})",
+    "precision": "Precision",
+    "recall": "Recall",
+    "accuracy": "Accuracy",
+    "auprc": "AUPRC (average precision)",
+    "large_usage": "Large-model usage (share of inputs sent to the large guard)",
+    "routing_f1": "Routing F1 (router decision vs t = student wrong and large right)",
+}
+METHOD_NAMES = {
+    "guard": "guard",
+    "student": "student only",
+    "large": "large only",
+    "saferoute": "SafeRoute",
+    "random": "random (same usage)",
+    "entropy": "entropy",
+    "temperature": "temperature-scaled entropy",
+    "oracle": "oracle",
+}
+COLORS = {"student": "tab:blue", "large": "tab:red", "saferoute": "tab:green", "random": "tab:gray",
+          "entropy": "tab:orange", "temperature": "tab:purple", "oracle": "black", "guard": "tab:blue"}
+
+
+def _fmt(value, std=None):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown_report(report):
+    """The report as Markdown."""
+    names = list(report["benchmarks"])
+    header = ["method"] + [SHORT.get(n, n) for n in names] + ["avg"]
+    settings = report["settings"]
+    out = [f"# Safety benchmark evaluation ({report['mode']})", ""]
+    for key, value in report["models"].items():
+        out.append(f"- {key}: `{value.get('name_or_path')}` (kind `{value.get('kind')}`)")
+    out.append("- examples: " + ", ".join(f"{SHORT.get(n, n)} {report['benchmarks'][n]['n']}" for n in names))
+    out.append("- settings: " + ", ".join(f"{k}={v}" for k, v in settings.items() if k != "benchmarks"))
+    out.append("")
+    methods = list(report["average"]["methods"])
+    metrics = report["metrics"]
+    for metric in metrics:
+        out += [f"## {TITLES[metric].format(threshold=settings.get('threshold', 0.5))}", ""]
+        rows = []
+        for method in methods:
+            row = [METHOD_NAMES.get(method, method)]
+            for scope in [report["benchmarks"][n] for n in names] + [report["average"]]:
+                m = scope["methods"][method]
+                row.append(_fmt(m.get(metric), m.get("std", {}).get(metric)))
+            rows.append(row)
+        out += [_table(header, rows), ""]
+    out += ["## Throughput (examples/s; wall seconds)", ""]
+    rows = []
+    for system in report["average"]["throughput"]:
+        row = [system]
+        for scope in [report["benchmarks"][n] for n in names] + [report["average"]]:
+            t = scope["throughput"][system]
+            row.append(f"{t['examples_per_second']:.1f} ({t['seconds']:.2f}s)")
+        rows.append(row)
+    out += [_table(["system"] + header[1:], rows), ""]
+    if report["mode"] == "saferoute":
+        out.append(
+            "Routed time = student time + large-guard time on the routed share, from the measured "
+            "per-example costs; the average column is total examples / total seconds."
+        )
+        out.append("")
+    budget = report.get("budget")
+    if budget:
+        out += [
+            f"## Large-model budget {budget['budget']:.0%}",
+            "",
+            f"Router threshold {budget['router_threshold']:.6f} keeps usage at {budget['validation_usage']:.4f} "
+            f"on the validation split ({budget['validation_examples']} examples).",
+            "",
+            _table(
+                ["", *header[1:]],
+                [
+                    ["F1"] + [_fmt(budget["benchmarks"][n]["f1"]) for n in names] + [_fmt(budget["average"]["f1"])],
+                    ["usage"] + [_fmt(budget["benchmarks"][n]["large_usage"]) for n in names]
+                    + [_fmt(budget["average"]["large_usage"])],
+                ],
+            ),
+            "",
+        ]
+    if report.get("warnings"):
+        out += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
+    return "\n".join(out)
+
+
+def _grid(count):
+    cols = min(count, 4)
+    rows = math.ceil(count / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.6 * rows), squeeze=False)
+    flat = axes.ravel().tolist()
+    for ax in flat[count:]:
+        ax.set_visible(False)
+    return fig, flat[:count]
+
+
+def plot_pr_curves(curves, path):
+    """Precision-recall curves, one panel per benchmark, one line per scored system."""
+    fig, axes = _grid(len(curves))
+    for ax, (name, systems) in zip(axes, curves.items()):
+        for system, (precision, recall, auprc) in systems.items():
+            ax.plot(recall, precision, label=f"{METHOD_NAMES.get(system, system)} ({auprc:.3f})",
+                    color=COLORS.get(system), drawstyle="steps-post")
+        ax.set_title(SHORT.get(name, name))
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_usage_sweeps(sweeps, points, path):
+    """F1 against large-model usage per benchmark (and averaged): SafeRoute's router-threshold sweep
+    against entropy and random routing, with student, large-only, SafeRoute and oracle marked."""
+    fig, axes = _grid(len(sweeps))
+    sweep_names = {**METHOD_NAMES, "saferoute": "SafeRoute (router threshold 1 -> 0)", "random": "random",
+                   "entropy": "entropy (threshold ln 2 -> 0)"}
+    for ax, (name, curves) in zip(axes, sweeps.items()):
+        for method, curve in curves.items():
+            ax.plot(curve["usage"], curve["f1"], label=sweep_names.get(method, method), color=COLORS.get(method),
+                    marker="." if method == "random" else None, linewidth=1.2)
+        for method, (usage, f1) in points[name].items():
+            ax.scatter([usage], [f1], color=COLORS.get(method), marker="*" if method == "oracle" else "o",
+                       zorder=5, s=50, label=METHOD_NAMES.get(method, method))
+        ax.set_title(SHORT.get(name, name))
+        ax.set_xlabel("large-model usage")
+        ax.set_ylabel("F1")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(0, 1.02)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower right", fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,424 @@
+"""`saferoute evaluate`: a SafeRoute model (student + router + its large guard) or a single guard on
+the six-benchmark suite (`dataset_builders.benchmarks`).
+
+Every model scores every example once: per-example scores are cached in
+`OUTPUT/cache/<model key>.parquet` (keyed by example id; the model key hashes the model's name,
+kind, settings and its weight files' sizes and mtimes, so another model never reuses stale
+scores). Every method and threshold is then computed from the cache (`training.eval_metrics`).
+
+    saferoute evaluate --model outputs/saferoute-guard --benchmarks all --max-per-benchmark 200
+    saferoute evaluate --guard outputs/teacher --guard-kind llama_guard --output outputs/eval/teacher
+
+Outputs: `report.json` (per benchmark and averaged, per method: f1, precision, recall, accuracy,
+auprc, large_usage, routing_f1; plus throughput), `report.md`, `scores.parquet` (this run's
+per-example scores), `curves.json` and the plots `pr_curves.png`, `f1_vs_usage.png`.
+Python: `evaluate_saferoute(model, **settings)` and `evaluate_guard(guard, guard_kind, **settings)`
+return the report dict.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+from transformers import AutoConfig, pipeline
+
+from dataset_builders.benchmarks import SOURCES, load_benchmarks, parse_benchmark_names, subsample
+from dataset_builders.schema import guard_items
+from dataset_builders.seed_pool import load_seed_pool, stratified_split
+from modeling_saferoute.bundled import resolve
+from modeling_saferoute.guards import GUARD_KINDS, load_guard
+
+from . import eval_metrics as M
+from .config import parse_args
+from .eval_report import markdown_report, plot_pr_curves, plot_usage_sweeps
+
+logger = logging.getLogger(__name__)
+
+STUDENT_COLUMNS = ("student_unsafe_score", "router_score")
+GUARD_COLUMNS = ("unsafe_score",)
+VALIDATION = "validation"
+
+
+@dataclass
+class EvaluateArguments:
+    model: Optional[str] = field(default=None, metadata={"help": "SafeRoute model folder (or Hub id); its large guard comes from its config."})
+    guard: Optional[str] = field(default=None, metadata={"help": "Evaluate this single guard instead (path, Hub id or bundled: alias)."})
+    guard_kind: Optional[str] = field(default=None, metadata={"help": f"Adapter kind of --guard: {sorted(GUARD_KINDS)}."})
+    guard_revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of --guard."})
+    large_guard: Optional[str] = field(default=None, metadata={"help": "Override the SafeRoute model's large guard (path, Hub id or alias)."})
+    large_guard_kind: Optional[str] = field(default=None, metadata={"help": "Adapter kind of --large-guard."})
+    benchmarks: str = field(default="all", metadata={"help": "'all' or a comma-separated list of benchmark names."})
+    benchmark_source: str = field(default="offline", metadata={"help": f"Where the benchmarks come from: {list(SOURCES)}."})
+    max_per_benchmark: Optional[int] = field(default=None, metadata={"help": "Stratified, seeded subsample of at most N examples per benchmark."})
+    seed: int = field(default=0, metadata={"help": "Seed of the subsamples."})
+    output: str = field(default="outputs/eval", metadata={"help": "Output folder (report, cache, plots)."})
+    threshold: float = field(default=0.5, metadata={"help": "P(unsafe) above this is 'unsafe'."})
+    router_threshold: Optional[float] = field(default=None, metadata={"help": "Router threshold of the SafeRoute method (default: the model's)."})
+    entropy_threshold: float = field(default=0.5, metadata={"help": "Entropy baselines route when the student's binary entropy (nats) is above this."})
+    random_seeds: int = field(default=5, metadata={"help": "Seeds of the random-routing baseline."})
+    validation: str = field(default="offline", metadata={"help": "Seed pool whose 10% stratified split (seed 0) fits the temperature and the budget threshold: 'offline', 'wildguardmix', a file, or 'none'."})
+    max_validation: Optional[int] = field(default=None, metadata={"help": "Stratified subsample of the validation split."})
+    large_budget: Optional[float] = field(default=None, metadata={"help": "Report the router threshold keeping large-model usage <= this share on the validation split, and its F1."})
+    batch_size: int = field(default=32, metadata={"help": "Batch size of the student and of the guards (unless the model's config sets one)."})
+    device: Optional[str] = field(default=None, metadata={"help": "Device (default: cuda when available, else cpu)."})
+    dtype: Optional[str] = field(default=None, metadata={"help": "dtype of the large guard / --guard (default: its config's)."})
+    max_length: Optional[int] = field(default=None, metadata={"help": "Token budget of the large guard / --guard (default: the SafeRoute config's, else the guard's own)."})
+    plots: bool = field(default=True, metadata={"help": "Write the PNG plots."})
+    recompute: bool = field(default=False, metadata={"help": "Ignore (and overwrite) cached scores."})
+
+
+# -- per-example score cache ------------------------------------------------------------------------
+def model_key(role, name_or_path, kind, **settings):
+    """(key, info): a short stable key of a model's identity: name, kind, settings, and for a local
+    folder the names, sizes and mtimes of its weight files."""
+    info = {"name_or_path": name_or_path, "kind": kind, **{k: v for k, v in settings.items() if v is not None}}
+    path = Path(resolve(name_or_path))
+    if path.is_dir():
+        weights = [f for f in sorted(path.iterdir()) if f.suffix in (".safetensors", ".bin", ".gguf")]
+        info["weights"] = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in weights]
+    digest = hashlib.sha1(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{role}-{digest}", info
+
+
+class ScoreCache:
+    """Per-example scores of one model in a parquet file: `id`, the score columns, and `seconds`
+    (the measured wall time per example of the call that scored it)."""
+
+    def __init__(self, path, columns, info=None, recompute=False):
+        self.path, self.columns = Path(path), tuple(columns)
+        if self.path.exists() and not recompute:
+            self.frame = pd.read_parquet(self.path).set_index("id")
+        else:
+            self.frame = pd.DataFrame(columns=[*self.columns, "seconds"], index=pd.Index([], name="id"))
+        self.scored = 0  # examples scored (not read from the cache) by this process
+        if info is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.with_suffix(".json").write_text(json.dumps(info, indent=2, default=str))
+
+    def missing(self, ids):
+        return [i for i in dict.fromkeys(ids) if i not in self.frame.index]
+
+    def add(self, ids, values, seconds_per_example):
+        new = pd.DataFrame({c: values[c] for c in self.columns}, index=pd.Index(ids, name="id"))
+        new["seconds"] = seconds_per_example
+        self.frame = new if self.frame.empty else pd.concat([self.frame, new])
+        self.scored += len(ids)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        self.frame.reset_index().to_parquet(tmp, index=False)
+        os.replace(tmp, self.path)
+
+    def lookup(self, ids):
+        return self.frame.loc[list(ids)].reset_index()
+
+
+class LazyScorer:
+    """Loads a model on first use (so a fully cached run loads nothing); `get()` -> score function."""
+
+    def __init__(self, load):
+        self._load, self._fn = load, None
+
+    def get(self):
+        if self._fn is None:
+            self._fn = self._load()
+        return self._fn
+
+
+def cached_scores(cache, scorer, dataset, desc):
+    """Scores of every row of `dataset` from `cache`, scoring (and timing) only the ids it lacks."""
+    ids = dataset["id"]
+    missing = cache.missing(ids)
+    if missing:
+        first = {}
+        for i, id_ in enumerate(ids):
+            first.setdefault(id_, i)
+        items = guard_items(dataset.select([first[i] for i in missing]))
+        score = scorer.get()
+        logger.info("Scoring %d examples of %s (%s)", len(items), desc, cache.path.name)
+        start = time.perf_counter()
+        values = score(items)
+        cache.add(missing, values, (time.perf_counter() - start) / len(items))
+    return cache.lookup(ids)
+
+
+def student_scorer(model, batch_size, device):
+    """Student P(unsafe) and router score from the SafeRoute pipeline with route="never"."""
+
+    def load():
+        import torch
+
+        pipe = pipeline("text-classification", model=model, trust_remote_code=True,
+                        device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+        def score(items):
+            out = {c: [] for c in STUDENT_COLUMNS}
+            chunk = batch_size * 4
+            for start in tqdm(range(0, len(items), chunk), desc="student + router", unit="chunk"):
+                for result in pipe(items[start : start + chunk], batch_size=batch_size, route="never"):
+                    out["student_unsafe_score"].append(float(result["student_unsafe_score"]))
+                    out["router_score"].append(float(result["router_score"]))
+            return out
+
+        return score
+
+    return LazyScorer(load)
+
+
+def guard_scorer(name_or_path, kind, batch_size, **load_kwargs):
+    """P(unsafe) from `modeling_saferoute.guards.load_guard` (the one guard-scoring implementation)."""
+
+    def load():
+        guard = load_guard(name_or_path, kind, **load_kwargs)
+        return lambda items: {"unsafe_score": guard.score(items, batch_size=batch_size, show_progress=True)}
+
+    return LazyScorer(load)
+
+
+# -- evaluation -------------------------------------------------------------------------------------
+def _throughput(n, seconds):
+    return {"examples": int(n), "seconds": float(seconds), "examples_per_second": float(n / seconds) if seconds > 0 else None}
+
+
+def _average(per_benchmark, metrics):
+    """Mean over benchmarks of each metric of each method; random's std is over its per-seed averages."""
+    methods = next(iter(per_benchmark.values())).keys()
+    out = {}
+    for method in methods:
+        out[method] = {m: float(np.mean([b[method][m] for b in per_benchmark.values()])) for m in metrics}
+        if "per_seed" in next(iter(per_benchmark.values()))[method]:
+            seeds = np.array([[b[method]["per_seed"][m] for b in per_benchmark.values()] for m in metrics])
+            out[method]["std"] = {m: float(np.std(seeds[i].mean(axis=0))) for i, m in enumerate(metrics)}
+    return out
+
+
+def _average_throughput(per_benchmark):
+    systems = next(iter(per_benchmark.values())).keys()
+    return {
+        s: _throughput(sum(b[s]["examples"] for b in per_benchmark.values()), sum(b[s]["seconds"] for b in per_benchmark.values()))
+        for s in systems
+    }
+
+
+def _check(args):
+    if bool(args.model) == bool(args.guard):
+        raise ValueError("Pass exactly one of --model (a SafeRoute folder) and --guard (a single guard).")
+    if args.guard and args.guard_kind not in GUARD_KINDS:
+        raise ValueError(f"--guard-kind must be one of {sorted(GUARD_KINDS)}, got {args.guard_kind!r}.")
+    if args.large_guard and args.large_guard_kind not in GUARD_KINDS:
+        raise ValueError(f"--large-guard-kind must be one of {sorted(GUARD_KINDS)}, got {args.large_guard_kind!r}.")
+    if args.max_per_benchmark is not None and args.max_per_benchmark < 1:
+        raise ValueError(f"--max-per-benchmark must be >= 1, got {args.max_per_benchmark}.")
+    if args.large_budget is not None and not 0.0 <= args.large_budget <= 1.0:
+        raise ValueError(f"--large-budget must be in [0, 1], got {args.large_budget}.")
+    if args.large_budget is not None and (args.guard or args.validation == "none"):
+        raise ValueError("--large-budget needs a SafeRoute --model and a validation split (--validation).")
+    if args.random_seeds < 1:
+        raise ValueError(f"--random-seeds must be >= 1, got {args.random_seeds}.")
+
+
+def _large_guard_reference(args, config):
+    """(name_or_path, kind, load kwargs, batch size) of the SafeRoute model's large guard."""
+    ref = dict(getattr(config, "large_guard", None) or {})
+    if args.large_guard:
+        ref = {"name_or_path": args.large_guard, "kind": args.large_guard_kind}
+    if not ref.get("name_or_path") or not ref.get("kind"):
+        raise ValueError(
+            f"The SafeRoute model {args.model!r} has no large guard configured (config.large_guard); "
+            "pass --large-guard and --large-guard-kind."
+        )
+    options = dict(ref.get("options") or {})
+    if args.max_length or ref.get("max_length"):
+        options["max_length"] = args.max_length or ref["max_length"]
+    load_kwargs = {"revision": ref.get("revision"), "dtype": args.dtype or ref.get("dtype"), "device": args.device, **options}
+    return ref["name_or_path"], ref["kind"], load_kwargs, ref.get("batch_size") or args.batch_size
+
+
+def _validation_split(args):
+    pool = load_seed_pool(args.validation)
+    return subsample(stratified_split(pool, test_size=0.1, seed=0)[1], args.max_validation, args.seed)
+
+
+def _write_outputs(output, report, scores, curves, plots):
+    output.mkdir(parents=True, exist_ok=True)
+    scores.to_parquet(output / "scores.parquet", index=False)
+    (output / "curves.json").write_text(json.dumps(curves["sweeps"]))
+    if plots:
+        plot_pr_curves(curves["pr"], output / "pr_curves.png")
+        if curves["sweeps"]:
+            plot_usage_sweeps(curves["sweeps"], curves["points"], output / "f1_vs_usage.png")
+    (output / "report.json").write_text(json.dumps(report, indent=2))
+    (output / "report.md").write_text(markdown_report(report))
+
+
+def run_evaluation(args: EvaluateArguments):
+    """Evaluate and write the outputs; returns the report dict."""
+    _check(args)
+    output = Path(args.output)
+    names = parse_benchmark_names(args.benchmarks)
+    datasets = load_benchmarks(names, args.benchmark_source, args.max_per_benchmark, args.seed)
+    warnings_seen = []
+    settings = {
+        "benchmarks": names,
+        "benchmark_source": args.benchmark_source,
+        "max_per_benchmark": args.max_per_benchmark,
+        "seed": args.seed,
+        "threshold": args.threshold,
+    }
+    frames, per_method, throughput, curves = {}, {}, {}, {"pr": {}, "sweeps": {}, "points": {}}
+    if args.guard:
+        key, info = model_key("guard", args.guard, args.guard_kind, revision=args.guard_revision, dtype=args.dtype,
+                              max_length=args.max_length)
+        cache = ScoreCache(output / "cache" / f"{key}.parquet", GUARD_COLUMNS, info, args.recompute)
+        scorer = guard_scorer(args.guard, args.guard_kind, args.batch_size, revision=args.guard_revision,
+                              dtype=args.dtype, device=args.device, max_length=args.max_length)
+        for name, ds in datasets.items():
+            scores = cached_scores(cache, scorer, ds, name)
+            labels = np.asarray(ds["label"])
+            with M.collect_warnings(warnings_seen, f"{name}/guard"):
+                per_method[name] = {"guard": M.classification_metrics(labels, scores["unsafe_score"], args.threshold)}
+            throughput[name] = {"guard": _throughput(len(ds), scores["seconds"].sum())}
+            curves["pr"][name] = {"guard": (*M.pr_curve(labels, scores["unsafe_score"]), per_method[name]["guard"]["auprc"])}
+            frames[name] = pd.DataFrame({"benchmark": name, "id": ds["id"], "label": labels, "level": ds["level"],
+                                         "unsafe_score": scores["unsafe_score"], "seconds": scores["seconds"]})
+        models = {"guard": info}
+        metrics = [m for m in M.METRICS if m not in ("large_usage", "routing_f1")]
+        scored = {"guard": cache.scored}
+    else:
+        config = AutoConfig.from_pretrained(resolve(args.model), trust_remote_code=True)
+        router_threshold = config.router_threshold if args.router_threshold is None else args.router_threshold
+        large_name, large_kind, large_kwargs, large_batch = _large_guard_reference(args, config)
+        s_key, s_info = model_key("saferoute", args.model, "saferoute", max_length=getattr(config, "max_length", None))
+        l_key, l_info = model_key("large", large_name, large_kind, revision=large_kwargs["revision"], dtype=large_kwargs["dtype"],
+                                  **{k: v for k, v in large_kwargs.items() if k not in ("revision", "dtype", "device", "batch_size")})
+        s_cache = ScoreCache(output / "cache" / f"{s_key}.parquet", STUDENT_COLUMNS, s_info, args.recompute)
+        l_cache = ScoreCache(output / "cache" / f"{l_key}.parquet", GUARD_COLUMNS, l_info, args.recompute)
+        s_scorer = student_scorer(args.model, args.batch_size, args.device)
+        l_scorer = guard_scorer(large_name, large_kind, large_batch, **large_kwargs)
+        temperature, validation = 1.0, None
+        if args.validation != "none":
+            val = _validation_split(args)
+            v = cached_scores(s_cache, s_scorer, val, VALIDATION)
+            with M.collect_warnings(warnings_seen, "validation/temperature"):
+                temperature = M.fit_temperature(val["label"], v["student_unsafe_score"])
+            validation = {"labels": np.asarray(val["label"]), "router": v["router_score"].to_numpy()}
+        settings.update(router_threshold=router_threshold, entropy_threshold=args.entropy_threshold,
+                        entropy_unit=M.ENTROPY_UNIT, temperature=temperature, random_seeds=args.random_seeds,
+                        validation=args.validation if validation is not None else None,
+                        validation_examples=len(validation["labels"]) if validation is not None else 0)
+        for name, ds in datasets.items():
+            s = cached_scores(s_cache, s_scorer, ds, name)
+            lg = cached_scores(l_cache, l_scorer, ds, name)
+            labels = np.asarray(ds["label"])
+            student, router, large = (s["student_unsafe_score"].to_numpy(), s["router_score"].to_numpy(),
+                                      lg["unsafe_score"].to_numpy())
+            results = M.evaluate_methods(labels, student, router, large, router_threshold, args.threshold,
+                                         args.entropy_threshold, temperature, args.random_seeds,
+                                         sink=warnings_seen, where=f"{name}/")
+            per_method[name] = results
+            routed = router > router_threshold
+            throughput[name] = {
+                "student": _throughput(len(ds), s["seconds"].sum()),
+                "large_guard": _throughput(len(ds), lg["seconds"].sum()),
+                "saferoute": _throughput(len(ds), s["seconds"].sum() + lg["seconds"][routed].sum()),
+            }
+            curves["pr"][name] = {
+                method: (*M.pr_curve(labels, sc), results[method]["auprc"])
+                for method, sc in (("student", student), ("large", large),
+                                   ("saferoute", M.routed_scores(student, large, routed)))
+            }
+            curves["sweeps"][name] = M.usage_sweeps(labels, student, router, large, args.threshold, temperature,
+                                                    args.random_seeds)
+            curves["points"][name] = {m: (results[m]["large_usage"], results[m]["f1"])
+                                      for m in ("student", "large", "saferoute", "oracle")}
+            frames[name] = pd.DataFrame({
+                "benchmark": name, "id": ds["id"], "label": labels, "level": ds["level"],
+                "student_unsafe_score": student, "router_score": router, "large_unsafe_score": large,
+                "student_seconds": s["seconds"], "large_seconds": lg["seconds"],
+            })
+        models = {"saferoute": s_info, "large_guard": l_info}
+        metrics = list(M.METRICS)
+        scored = {"student": s_cache.scored, "large_guard": l_cache.scored}
+        if len(datasets) > 1:
+            curves["sweeps"]["average"] = {
+                method: {"usage": np.mean([curves["sweeps"][n][method]["usage"] for n in names], axis=0).tolist(),
+                         "f1": np.mean([curves["sweeps"][n][method]["f1"] for n in names], axis=0).tolist()}
+                for method in curves["sweeps"][names[0]]
+            }
+            curves["points"]["average"] = {
+                m: tuple(np.mean([curves["points"][n][m] for n in names], axis=0).tolist()) for m in curves["points"][names[0]]
+            }
+    report = {
+        "mode": "guard" if args.guard else "saferoute",
+        "models": models,
+        "settings": settings,
+        "metrics": metrics,
+        "benchmarks": {
+            name: {"n": len(ds), "positives": int(sum(ds["label"])), "methods": per_method[name], "throughput": throughput[name]}
+            for name, ds in datasets.items()
+        },
+        "average": {"methods": _average(per_method, metrics), "throughput": _average_throughput(throughput)},
+        "scored_this_run": scored,
+        "warnings": warnings_seen,
+    }
+    if args.large_budget is not None:
+        with M.collect_warnings(warnings_seen, "budget"):
+            report["budget"] = _budget(args.large_budget, validation, frames, args.threshold)
+    _write_outputs(output, report, pd.concat(frames.values(), ignore_index=True), curves, args.plots)
+    return report
+
+
+def _budget(budget, validation, frames, threshold):
+    """The router threshold keeping usage <= `budget` on the validation split, and its F1 per benchmark."""
+    router_threshold = M.budget_threshold(validation["router"], budget)
+    out = {"budget": budget, "router_threshold": router_threshold,
+           "validation_usage": float((validation["router"] > router_threshold).mean()),
+           "validation_examples": int(len(validation["router"])), "benchmarks": {}}
+    for name, f in frames.items():
+        routed = f["router_score"].to_numpy() > router_threshold
+        m = M.routing_metrics(f["label"], f["student_unsafe_score"], f["large_unsafe_score"], routed, threshold)
+        out["benchmarks"][name] = {"f1": m["f1"], "large_usage": m["large_usage"]}
+    out["average"] = {k: float(np.mean([b[k] for b in out["benchmarks"].values()])) for k in ("f1", "large_usage")}
+    return out
+
+
+def evaluate_saferoute(model, **settings):
+    """Evaluate a SafeRoute model folder (and its large guard); `settings` are `EvaluateArguments`
+    fields. Returns the report dict (also written to `settings["output"]`)."""
+    return run_evaluation(EvaluateArguments(model=str(model), **settings))
+
+
+def evaluate_guard(guard, guard_kind, **settings):
+    """Evaluate one guard; `settings` are `EvaluateArguments` fields. Returns the report dict."""
+    return run_evaluation(EvaluateArguments(guard=str(guard), guard_kind=guard_kind, **settings))
+
+
+def summary(report):
+    """A short text summary: average F1 and usage per method."""
+    lines = []
+    for method, m in report["average"]["methods"].items():
+        usage = f"  usage {m['large_usage']:.3f}" if "large_usage" in m else ""
+        lines.append(f"  {method:<12} F1 {m['f1']:.4f}  AUPRC {m['auprc']:.4f}{usage}")
+    for system, t in report["average"]["throughput"].items():
+        eps = t["examples_per_second"]
+        lines.append(f"  {system:<12} {eps:.1f} examples/s" if eps else f"  {system:<12} (no timing)")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args([EvaluateArguments], argv, section="evaluate")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    report = run_evaluation(args)
+    print(f"Wrote {Path(args.output) / 'report.md'} (averages over {len(report['benchmarks'])} benchmarks):")
+    print(summary(report))
+
+
+if __name__ == "__main__":
+    main()
