@@ -102,8 +102,9 @@ def _size_category(n):
     return "1M<n<10M"
 
 
-def render_dataset_card(stats, repo_id="harmaug-corpus"):
-    """The README.md of a HarmAug corpus folder (a Hub dataset repo), from the builder's stats."""
+def render_dataset_card(stats, repo_id="harmaug-corpus", data_files="data/train-*.parquet"):
+    """The README.md of a HarmAug corpus folder (a Hub dataset repo), from the builder's stats;
+    `data_files` is the pattern of its parquet shards (the `configs` entry `load_dataset` reads)."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
     card_data = DatasetCardData(
@@ -113,7 +114,7 @@ def render_dataset_card(stats, repo_id="harmaug-corpus"):
         size_categories=[_size_category(stats.get("num_rows", 0))],
         tags=["safety", "guard", "harmaug", "synthetic", "not-for-all-audiences"],
         pretty_name="HarmAug corpus",
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": data_files}]}],
     )
     return DatasetCard.from_template(
         card_data, template_path=str(TEMPLATES / "dataset_card.md"), pretty_name="HarmAug corpus",

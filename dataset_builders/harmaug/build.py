@@ -1,0 +1,343 @@
+"""`saferoute build-corpus`: build the HarmAug corpus folder (a Hub dataset repo).
+
+    saferoute build-corpus --config training/recipes/cpu-offline.yaml [--num_requests 300 ...]
+    torchrun --nproc_per_node 2 -m dataset_builders.harmaug.build --config ...   # shards split over processes
+    accelerate launch -m dataset_builders.harmaug.build --config ...
+
+Stages (generate, filter, respond, label) write parquet shards under `--work_dir`; a killed run
+started again with the same settings continues where it stopped and ends with the same rows.
+"""
+
+import hashlib
+import json
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..schema import data_dir, make_id
+from ..seed_pool import load_seed_pool, stratified_split
+from . import card, filters, generate, label, respond
+from .shards import ShardedStage, atomic_write_bytes, atomic_write_text, derive_seed
+
+STAGES = ("generate", "filter", "respond", "label", "write")
+CORPUS_SCHEMA = pa.schema([
+    ("id", pa.string()), ("prompt", pa.string()), ("response", pa.string()), ("unsafe_score", pa.float64()),
+    ("label", pa.int64()), ("human_label", pa.int64()), ("level", pa.string()), ("source", pa.string()),
+    ("origin", pa.string()), ("kind", pa.string()),
+])
+GENERATE_SCHEMA = pa.schema([("request_index", pa.int64()), ("id", pa.string()), ("raw", pa.string()), ("instruction", pa.string())])
+FILTER_SCHEMA = pa.schema([("request_index", pa.int64()), ("id", pa.string()), ("instruction", pa.string())])
+RESPOND_SCHEMA = pa.schema([("id", pa.string()), ("kind", pa.string()), ("response", pa.string())])
+LABEL_SCHEMA = pa.schema([("id", pa.string()), ("unsafe_score", pa.float64())])
+
+
+@dataclass
+class BuildCorpusArguments:
+    """Settings of `saferoute build-corpus` (section `build_corpus:` of a recipe)."""
+
+    output: str = field(default="outputs/harmaug", metadata={"help": "Output folder: a Hub dataset repo (README.md + data/*.parquet)."})
+    work_dir: Optional[str] = field(default=None, metadata={"help": "Stage shards and manifests (default: <output>.work)."})
+    overwrite: bool = field(default=False, metadata={"help": "Delete the work folder first instead of resuming."})
+    stop_after: str = field(default="write", metadata={"help": f"Last stage to run: one of {STAGES}."})
+    seed_pool: str = field(default="offline", metadata={"help": "'offline', 'wildguardmix' or a .jsonl/.parquet file in the schema."})
+    seed_rows: int = field(default=-1, metadata={"help": "Seed-pool rows to label and include (stratified sample); -1 = all."})
+    benchmarks: Optional[str] = field(default=None, metadata={"help": "Folder of benchmark *.jsonl to decontaminate against (default <data_dir>/eval); 'none' disables."})
+    generator: str = field(default="bundled:smollm2-135m-instruct", metadata={"help": "Generator LLM (path, Hub id or bundled: alias)."})
+    responder: Optional[str] = field(default=None, metadata={"help": "Responder LLM (default: the generator)."})
+    backend: str = field(default="transformers", metadata={"help": "Generation backend: 'transformers' or 'vllm' (optional dependency)."})
+    dtype: str = field(default="auto", metadata={"help": "Generator / responder dtype ('auto', 'float32', 'bfloat16'...)."})
+    teacher_dtype: str = field(default="auto", metadata={"help": "Teacher dtype (soft labels: keep float32 unless the teacher is large)."})
+    device: Optional[str] = field(default=None, metadata={"help": "Device (default: this process's accelerator, else CPU)."})
+    num_requests: int = field(default=300, metadata={"help": "Generation requests (one instruction each before filtering)."})
+    num_exemplars: int = field(default=3, metadata={"help": "Seed-pool harmful prompts shown per request."})
+    exemplar_max_chars: int = field(default=300, metadata={"help": "Longest seed prompt used as an exemplar."})
+    request: str = field(default=generate.HARMFUL_REQUEST, metadata={"help": "The request to the generator."})
+    prefix: str = field(default=generate.AFFIRMATIVE_PREFIX, metadata={"help": "Affirmative prefix pre-filled in the assistant turn ('' = none)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (0 = greedy)."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling top-p."})
+    max_new_tokens: int = field(default=48, metadata={"help": "New tokens per instruction."})
+    min_new_tokens: int = field(default=0, metadata={"help": "Minimum new tokens per instruction."})
+    min_words: int = field(default=4, metadata={"help": "Shortest parsed instruction kept (words)."})
+    max_words: int = field(default=80, metadata={"help": "Longest parsed instruction kept (words)."})
+    max_chars: int = field(default=600, metadata={"help": "Longest parsed instruction kept (characters)."})
+    ngram: int = field(default=3, metadata={"help": "Word n-gram size of the near-duplicate / contamination Jaccard."})
+    near_duplicate_threshold: float = field(default=0.7, metadata={"help": "Jaccard at or above which an instruction duplicates a kept one."})
+    contamination_threshold: float = field(default=0.7, metadata={"help": "Jaccard at or above which an instruction matches a benchmark or seed prompt."})
+    response_max_new_tokens: int = field(default=96, metadata={"help": "New tokens per response."})
+    response_min_new_tokens: int = field(default=0, metadata={"help": "Minimum new tokens per response."})
+    compliant_prefix: str = field(default=respond.STYLES["compliant"][1], metadata={"help": "Opening of the compliant responses."})
+    refusal_prefix: str = field(default=respond.STYLES["refusal"][1], metadata={"help": "Opening of the refusals."})
+    batch_size: int = field(default=16, metadata={"help": "Generation batch size."})
+    shard_size: int = field(default=32, metadata={"help": "Requests (generate) or instructions (respond) per shard."})
+    teacher: str = field(default="outputs/teacher", metadata={"help": "Teacher guard: `saferoute train-guard` output, Hub id (meta-llama/Llama-Guard-3-8B) or path."})
+    teacher_kind: str = field(default="auto", metadata={"help": "Guard kind of the teacher ('auto' reads its config)."})
+    teacher_batch_size: int = field(default=16, metadata={"help": "Teacher scoring batch size."})
+    teacher_max_length: int = field(default=512, metadata={"help": "Token bound of a teacher input (per message for causal-LM guards)."})
+    label_shard_size: int = field(default=256, metadata={"help": "Items per label shard."})
+    rows_per_file: int = field(default=100_000, metadata={"help": "Rows per output parquet file."})
+    license: str = field(default="cc-by-nc-4.0", metadata={"help": "Licence in the dataset card (the offline seed pool is mostly CC-BY-NC-4.0)."})
+    seed: int = field(default=0, metadata={"help": "Seed: each request and shard derives its own from it."})
+    push_to_hub: Optional[str] = field(default=None, metadata={"help": "Upload the output folder to this dataset repo id."})
+    hub_private: bool = field(default=False, metadata={"help": "Create the Hub repo private."})
+
+    def __post_init__(self):
+        if self.stop_after not in STAGES:
+            raise ValueError(f"stop_after must be one of {STAGES}, got {self.stop_after!r}.")
+        for name in ("num_requests", "num_exemplars", "batch_size", "shard_size", "label_shard_size", "rows_per_file",
+                     "max_new_tokens", "response_max_new_tokens", "teacher_batch_size", "ngram"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if not 0 < self.min_words <= self.max_words:
+            raise ValueError(f"Need 0 < min_words <= max_words, got {self.min_words} and {self.max_words}.")
+        if self.backend not in generate.BACKENDS:
+            raise ValueError(f"backend must be one of {sorted(generate.BACKENDS)}, got {self.backend!r}.")
+        if self.work_dir is None:
+            self.work_dir = str(Path(self.output)) + ".work"
+
+
+def _progress(items, desc, state):
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, disable=not state.is_main_process)
+
+
+def _run_stage(stage, state, work, desc):
+    """Prepare (main process), run this process's missing shards, wait for every process."""
+    if state.is_main_process:
+        stage.prepare()
+    state.wait_for_everyone()
+    if not state.is_main_process and not stage.check():
+        raise RuntimeError(f"Stage {stage.name!r}: the main process wrote no manifest in {stage.dir}.")
+    for index in _progress(stage.pending(state.process_index, state.num_processes), desc, state):
+        rows, meta = work(index)
+        stage.write(index, rows, meta)
+    state.wait_for_everyone()
+    return stage
+
+
+class _Models:
+    """Load each model once, on first use."""
+
+    def __init__(self, args, device):
+        self.args, self.device, self.cache = args, device, {}
+
+    def generator(self, name):
+        if name not in self.cache:
+            self.cache[name] = generate.load_generator(name, self.args.backend, dtype=self.args.dtype, device=self.device,
+                                                      batch_size=self.args.batch_size)
+        return self.cache[name]
+
+    def teacher(self):
+        if "teacher" not in self.cache:
+            self.cache["teacher"] = label.load_teacher(self.args, self.device)
+        return self.cache["teacher"]
+
+
+def seed_rows(args):
+    """(seed pool, the seed rows that go into the corpus: all, or a stratified sample of `seed_rows`)."""
+    pool = load_seed_pool(args.seed_pool)
+    if 0 <= args.seed_rows < len(pool):
+        chosen = stratified_split(pool, test_size=args.seed_rows, seed=args.seed)[1] if args.seed_rows else pool.select([])
+    else:
+        chosen = pool
+    return pool, chosen
+
+
+def corpus_items(seeds, kept, responses):
+    """The corpus rows without scores: seed rows, then per kept instruction prompt-only, compliant, refusal."""
+    items = []
+    for row in seeds:
+        level = row["level"] or ("response" if row["response"] else "prompt")
+        items.append({"id": row["id"], "prompt": row["prompt"], "response": row["response"], "human_label": row["label"],
+                      "level": level, "source": row["source"], "origin": "seed", "kind": "seed"})
+    by_instruction = {(r["id"], r["kind"]): r["response"] for r in responses}
+    for row in kept:
+        for kind in ("prompt_only", "compliant", "refusal"):
+            response = None if kind == "prompt_only" else by_instruction[(row["id"], kind)]
+            items.append({"id": make_id("harmaug", row["instruction"], response, kind), "prompt": row["instruction"],
+                          "response": response, "human_label": None, "level": "prompt" if response is None else "response",
+                          "source": "harmaug", "origin": "synthetic", "kind": kind})
+    return items
+
+
+def dataset_info(rows, files):
+    """The card's `dataset_info` (features, split sizes, bytes). Besides documenting the data it keeps
+    `datasets`' cache honest: for a local folder whose card declares `configs`, the cache key is the
+    folder name plus the card's metadata, so without sizes a rebuilt corpus could load stale rows."""
+    from datasets import DatasetInfo, Features, SplitDict, SplitInfo
+    from datasets.info import DatasetInfosDict
+
+    num_bytes = pa.Table.from_pylist(rows, schema=CORPUS_SCHEMA).nbytes
+    splits = SplitDict()
+    splits.add(SplitInfo(name="train", num_bytes=num_bytes, num_examples=len(rows)))
+    info = DatasetInfo(features=Features.from_arrow_schema(CORPUS_SCHEMA), splits=splits, config_name="default",
+                       download_size=sum(Path(f).stat().st_size for f in files), dataset_size=num_bytes)
+    return DatasetInfosDict({"default": info})
+
+
+def write_corpus(output, rows, stats, rows_per_file, repo_id=None, stats_path=None):
+    """`output/data/train-<content hash>-XXXXX-of-YYYYY.parquet` + `output/README.md`, each written atomically.
+
+    The content hash in the file names (and in the card's `configs` pattern) gives every distinct
+    corpus its own `datasets` cache entry: for a local folder whose card declares `configs`,
+    `datasets` keys its cache on the folder name and the card's metadata only, so a rebuilt corpus
+    under the same name would otherwise load the previous rows.
+    """
+    from model_cards import render_dataset_card
+
+    data = Path(output) / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    n_files = max(1, -(-len(rows) // rows_per_file))
+    blobs = []
+    for k in range(n_files):
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(rows[k * rows_per_file : (k + 1) * rows_per_file], schema=CORPUS_SCHEMA), sink)
+        blobs.append(sink.getvalue().to_pybytes())
+    digest = hashlib.sha1(b"".join(hashlib.sha1(b).digest() for b in blobs)).hexdigest()[:10]
+    names = [f"train-{digest}-{k:05d}-of-{n_files:05d}.parquet" for k in range(n_files)]
+    for name, blob in zip(names, blobs):
+        atomic_write_bytes(data / name, lambda f, b=blob: f.write(b))
+    card = render_dataset_card(stats, repo_id=repo_id or str(output), data_files=f"data/train-{digest}-*.parquet")
+    dataset_info(rows, [data / name for name in names]).to_dataset_card_data(card.data)
+    atomic_write_text(Path(output) / "README.md", str(card))
+    for stale in data.glob("train-*.parquet"):
+        if stale.name not in names:
+            stale.unlink()
+    if stats_path:
+        atomic_write_text(stats_path, json.dumps(stats, indent=2))
+    return Path(output)
+
+
+def build(args: BuildCorpusArguments):
+    """Run the stages up to `args.stop_after`; returns the output folder (or the work folder)."""
+    import importlib.util
+
+    import torch
+    from accelerate import PartialState
+
+    if args.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        generate.VLLMGenerator(args.generator)  # raises the ImportError that says what to install, before any work
+
+    state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
+    device = args.device or (str(state.device) if state.device.type != "cpu" else "cpu")
+    work = Path(args.work_dir)
+    if args.overwrite and state.is_main_process and work.exists():
+        shutil.rmtree(work)
+    state.wait_for_everyone()
+    if STAGES.index(args.stop_after) >= STAGES.index("label"):
+        label.teacher_kind(args.teacher, args.teacher_kind)  # a missing teacher fails now, not after generating
+    models = _Models(args, device)
+    pool, seeds = seed_rows(args)
+    exemplars = generate.exemplar_pool(pool, args.exemplar_max_chars)
+    if len(exemplars) < args.num_exemplars:
+        raise ValueError(f"Seed pool {args.seed_pool!r} has {len(exemplars)} usable harmful prompts, fewer than num_exemplars={args.num_exemplars}.")
+
+    # 1. generate
+    gen_settings = {k: getattr(args, k) for k in (
+        "seed_pool", "generator", "backend", "dtype", "num_requests", "num_exemplars", "exemplar_max_chars", "request",
+        "prefix", "temperature", "top_p", "max_new_tokens", "min_new_tokens", "min_words", "max_words", "max_chars",
+        "batch_size", "shard_size", "seed")}
+    n_gen = -(-args.num_requests // args.shard_size)
+    gen_stage = ShardedStage(work, "generate", gen_settings, n_gen, GENERATE_SCHEMA)
+
+    def gen_work(index):
+        indices = list(range(index * args.shard_size, min((index + 1) * args.shard_size, args.num_requests)))
+        return generate.generate_shard(models.generator(args.generator), exemplars, indices, args, derive_seed(args.seed, "generate", index))
+
+    _run_stage(gen_stage, state, gen_work, "generate")
+    if args.stop_after == "generate":
+        return work
+
+    # 2. filter (one shard, main process)
+    filter_settings = {"upstream": gen_stage.fingerprint, "version": filters.FILTER_VERSION, **{k: getattr(args, k) for k in (
+        "benchmarks", "ngram", "near_duplicate_threshold", "contamination_threshold")}}
+    filter_stage = ShardedStage(work, "filter", filter_settings, 1, FILTER_SCHEMA)
+    if state.is_main_process:
+        filter_stage.reset_if_changed()  # derived in seconds from the generations: redo rather than refuse
+    counts_path = work / "filter" / "counts.json"
+
+    def filter_work(index):
+        bench = [] if args.benchmarks == "none" else filters.load_benchmark_prompts(args.benchmarks or data_dir() / "eval")
+        kept, counts = filters.filter_instructions(
+            gen_stage.read(), bench, pool["prompt"], args.near_duplicate_threshold, args.contamination_threshold,
+            args.ngram, request_text=generate.request_messages([], args.request)[0]["content"],
+            show_progress=state.is_main_process)
+        atomic_write_text(counts_path, json.dumps(counts, indent=2))
+        return [{k: r[k] for k in ("request_index", "id", "instruction")} for r in kept], {"counts": counts}
+
+    _run_stage(filter_stage, state, filter_work, "filter")
+    kept = filter_stage.read()
+    counts = filter_stage.metadata()[0]["counts"]
+    if state.is_main_process:
+        print(f"filter: {json.dumps(counts)}", file=sys.stderr)
+    if args.stop_after == "filter":
+        return work
+
+    # 3. respond
+    resp_settings = {"upstream": filter_stage.fingerprint, "responder": args.responder or args.generator, **{k: getattr(args, k) for k in (
+        "backend", "dtype", "temperature", "top_p", "response_max_new_tokens", "response_min_new_tokens",
+        "compliant_prefix", "refusal_prefix", "batch_size", "shard_size", "seed")}}
+    resp_stage = ShardedStage(work, "respond", resp_settings, -(-len(kept) // args.shard_size), RESPOND_SCHEMA)
+
+    def resp_work(index):
+        rows = kept[index * args.shard_size : (index + 1) * args.shard_size]
+        return respond.respond_shard(models.generator(args.responder or args.generator), rows, args, derive_seed(args.seed, "respond", index))
+
+    _run_stage(resp_stage, state, resp_work, "respond")
+    if args.stop_after == "respond":
+        return work
+
+    # 4. label
+    items = corpus_items(seeds, kept, resp_stage.read())
+    label_settings = {"upstream": resp_stage.fingerprint, "seed_rows": args.seed_rows, **{k: getattr(args, k) for k in (
+        "teacher", "teacher_kind", "teacher_dtype", "teacher_batch_size", "teacher_max_length", "label_shard_size")}}
+    label_stage = ShardedStage(work, "label", label_settings, -(-len(items) // args.label_shard_size), LABEL_SCHEMA)
+    if state.is_main_process:
+        label_stage.reset_if_changed()  # another teacher (or seed sample): relabel, keep the generations
+
+    def label_work(index):
+        return label.label_shard(models.teacher(), items[index * args.label_shard_size : (index + 1) * args.label_shard_size])
+
+    _run_stage(label_stage, state, label_work, "label")
+    if args.stop_after == "label":
+        return work
+
+    # 5. write (main process)
+    output = Path(args.output)
+    if state.is_main_process:
+        scores = label_stage.read()
+        rows = []
+        for item, scored in zip(items, scores):
+            if item["id"] != scored["id"]:
+                raise RuntimeError(f"Label shards of {work} are out of step with the items ({item['id']} != {scored['id']}).")
+            score = scored["unsafe_score"]
+            rows.append({"id": item["id"], "prompt": item["prompt"], "response": item["response"], "unsafe_score": score,
+                         "label": int(score > 0.5), "human_label": item["human_label"], "level": item["level"],
+                         "source": item["source"], "origin": item["origin"], "kind": item["kind"]})
+        stats = card.corpus_stats(rows, args, counts, [r["instruction"] for r in kept],
+                                  label.teacher_kind(args.teacher, args.teacher_kind),
+                                  gen_stage.metadata() + resp_stage.metadata())
+        write_corpus(output, rows, stats, args.rows_per_file, repo_id=args.push_to_hub, stats_path=work / "stats.json")
+        print(f"build-corpus: {len(rows)} rows ({counts['kept']} instructions kept of {counts['generated']}) -> {output}", file=sys.stderr)
+        if args.push_to_hub:
+            url = card.push_folder(output, args.push_to_hub, private=args.hub_private)
+            print(f"pushed to {url}", file=sys.stderr)
+    state.wait_for_everyone()
+    return output
+
+
+def main(argv=None):
+    from training.config import parse_args
+
+    args = parse_args([BuildCorpusArguments], argv, section="build_corpus")
+    build(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

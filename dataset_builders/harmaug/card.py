@@ -1,0 +1,66 @@
+"""Stage 5 helpers: the corpus rows' statistics for the dataset card, and the Hub upload."""
+
+from collections import defaultdict
+
+from .filters import distinct_n
+
+CARD_SETTINGS = (
+    "generator", "backend", "seed_pool", "num_requests", "num_exemplars", "request", "prefix", "temperature", "top_p",
+    "max_new_tokens", "min_words", "max_words", "ngram", "near_duplicate_threshold", "contamination_threshold",
+    "compliant_prefix", "refusal_prefix", "teacher", "seed", "license",
+)
+
+
+def label_distribution(rows):
+    """Per (origin, kind): rows, teacher-unsafe rows and mean unsafe_score."""
+    groups = defaultdict(list)
+    for row in rows:
+        groups[(row["origin"], row["kind"])].append(row)
+    order = {"seed": 0, "prompt_only": 1, "compliant": 2, "refusal": 3}
+    table = []
+    for (origin, kind), members in sorted(groups.items(), key=lambda g: (order.get(g[0][1], 9), g[0])):
+        scores = [r["unsafe_score"] for r in members]
+        table.append({"origin": origin, "kind": kind, "rows": len(members), "unsafe": sum(r["label"] for r in members),
+                      "mean_score": sum(scores) / len(scores)})
+    return table
+
+
+def corpus_stats(rows, args, filter_counts, instructions, teacher_kind, generation_meta=()):
+    """Everything the dataset card reports, as a JSON-serialisable dict."""
+    stats = {name: getattr(args, name) for name in CARD_SETTINGS}
+    stats["responder"] = args.responder or args.generator
+    stats["max_new_tokens"] = args.max_new_tokens
+    stats["teacher_kind"] = teacher_kind
+    stats["num_rows"] = len(rows)
+    stats["filter_counts"] = dict(filter_counts)
+    stats["distinct_1"] = distinct_n(instructions, 1)
+    stats["distinct_2"] = distinct_n(instructions, 2)
+    stats["label_distribution"] = label_distribution(rows)
+    human = [(r["label"], r["human_label"]) for r in rows if r["human_label"] is not None]
+    stats["human_agreement"] = sum(a == b for a, b in human) / len(human) if human else None
+    seconds = sum(m.get("seconds", 0.0) for m in generation_meta)
+    tokens = sum(m.get("new_tokens", 0) for m in generation_meta)
+    cpu = sum(m.get("cpu_seconds", 0.0) for m in generation_meta)
+    stats["generation"] = {"seconds": seconds, "cpu_seconds": cpu, "new_tokens": tokens, "tokens_per_second": tokens / seconds,
+                           "tokens_per_cpu_second": tokens / cpu if cpu else None} if seconds else None
+    return stats
+
+
+def push_folder(folder, repo_id, private=False, token=None):
+    """Upload the corpus folder as the dataset repo `repo_id` (created if needed); returns the commit URL.
+
+    Raises `ConnectionError` naming the Hub endpoint and the repo when the Hub cannot be reached
+    (offline mode included).
+    """
+    from huggingface_hub import constants, create_repo, upload_folder
+
+    try:
+        create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True, token=token)
+        return upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset", token=token,
+                             commit_message="Upload HarmAug corpus (saferoute build-corpus)")
+    except Exception as err:
+        offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+        raise ConnectionError(
+            f"Could not push {folder} to the dataset repo {repo_id!r} on the Hugging Face Hub at "
+            f"{constants.ENDPOINT}{offline}: {type(err).__name__}: {err}"
+        ) from err

@@ -1,0 +1,45 @@
+"""Stage 4: the teacher guard scores every item: P(unsafe), through `modeling_saferoute.guards`."""
+
+import json
+from pathlib import Path
+
+from modeling_saferoute.bundled import resolve
+from modeling_saferoute.guards import GUARD_KINDS, load_guard
+
+
+def teacher_kind(name_or_path, kind="auto"):
+    """The guard kind of the teacher: `kind`, or with "auto" read from its config.json
+    (a `*ForSequenceClassification` -> sequence_classification, a causal LM -> llama_guard)."""
+    if kind != "auto":
+        if kind not in GUARD_KINDS:
+            raise ValueError(f"Unknown teacher kind {kind!r}; choose 'auto' or one of {sorted(GUARD_KINDS)}.")
+        return kind
+    if "llama-guard" in str(name_or_path).lower():
+        return "llama_guard"
+    config_path = Path(resolve(name_or_path)) / "config.json"
+    if not config_path.exists():
+        raise ValueError(
+            f"Teacher {name_or_path!r}: no local config.json to infer its kind from; pass --teacher_kind "
+            f"(one of {sorted(GUARD_KINDS)}). Train one with `saferoute train-guard` if it does not exist yet."
+        )
+    architectures = json.loads(config_path.read_text()).get("architectures") or []
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "sequence_classification"
+    if any(a.endswith("ForCausalLM") for a in architectures):
+        return "llama_guard"
+    raise ValueError(f"Teacher {name_or_path!r} has architectures {architectures}; pass --teacher_kind.")
+
+
+def load_teacher(args, device=None):
+    """The teacher adapter; `teacher_max_length` bounds the pair encoding of a classifier, and each
+    message (prompt, response) of a causal-LM guard, whose verdict suffix must never be cut."""
+    kind = teacher_kind(args.teacher, args.teacher_kind)
+    length = {"max_length": args.teacher_max_length} if kind == "sequence_classification" else {
+        "max_content_tokens": args.teacher_max_length}
+    return load_guard(args.teacher, kind, dtype=args.teacher_dtype, device=device or args.device, batch_size=args.teacher_batch_size, **length)
+
+
+def label_shard(guard, items, batch_size=None):
+    """(id, unsafe_score) rows for one shard of {"id", "prompt", "response"} items."""
+    scores = guard.score([{"prompt": it["prompt"], "response": it["response"]} for it in items], batch_size=batch_size)
+    return [{"id": it["id"], "unsafe_score": float(s)} for it, s in zip(items, scores)], {}

@@ -1,0 +1,121 @@
+"""Measurements of the generator (not part of the build): the paper's affirmative-prefix ablation
+and batched against one-at-a-time generation throughput.
+
+    python -m dataset_builders.harmaug.measure --config training/recipes/cpu-offline.yaml \\
+        --measure_dir outputs/harmaug-measure --ablation_requests 64 [--score_teacher true]
+
+The ablation builds the generate and filter stages twice (with the prefix, without it) and reports
+the share of parseable instructions, the share a keyword heuristic calls harmful and, with
+`--score_teacher`, the share the teacher scores unsafe (P > 0.5). Results go to
+`<measure_dir>/results.json`.
+"""
+
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from . import filters, generate, label
+from .build import BuildCorpusArguments, build, seed_rows
+
+HARM_KEYWORDS = re.compile(
+    r"\b(bomb|explosive|weapon|gun|kill|murder|poison|steal|theft|rob|hack|malware|virus|drug|meth|cocaine|"
+    r"suicide|self-harm|hurt|harm|attack|abuse|racis\w*|sexis\w*|slur|insult|offensive|illegal|fraud|scam|"
+    r"cheat|violence|violent|terror\w*|kidnap|torture|exploit|counterfeit|launder\w*|harass\w*|threat\w*|"
+    r"destroy|revenge|stalk\w*|porn\w*|explicit|hate|hateful)\b",
+    re.I,
+)
+
+
+@dataclass
+class MeasureArguments:
+    measure_dir: str = field(default="outputs/harmaug-measure", metadata={"help": "Where the ablation stages and results.json go."})
+    ablation_requests: int = field(default=64, metadata={"help": "Requests per arm of the prefix ablation."})
+    score_teacher: bool = field(default=False, metadata={"help": "Score the ablation instructions with --teacher."})
+    throughput_requests: int = field(default=16, metadata={"help": "Requests timed per setting (0 skips the throughput run)."})
+    throughput_batch_size: int = field(default=16, metadata={"help": "Batch size of the batched setting."})
+    throughput_tokens: int = field(default=32, metadata={"help": "New tokens per request (fixed: min = max)."})
+
+
+def heuristic_harmful(text) -> bool:
+    """A keyword heuristic (NOT a guard): does the text name a harm?"""
+    return bool(text and HARM_KEYWORDS.search(text))
+
+
+def ablation(args, m):
+    results = {}
+    guard = label.load_teacher(args) if m.score_teacher else None
+    for arm, prefix in (("with_prefix", args.prefix or generate.AFFIRMATIVE_PREFIX), ("without_prefix", "")):
+        work = Path(m.measure_dir) / arm
+        arm_args = replace(args, prefix=prefix, num_requests=m.ablation_requests, work_dir=str(work),
+                           output=str(work / "unused"), stop_after="filter", overwrite=False)
+        build(arm_args)
+        rows = pq.read_table(sorted((work / "generate").glob("shard-*.parquet"))).to_pylist()
+        parsed = [r["instruction"] for r in rows if r["instruction"]]
+        meta = [json.loads(pq.read_schema(p).metadata[b"saferoute"]) for p in sorted((work / "generate").glob("shard-*.parquet"))]
+        counts = json.loads((work / "filter" / "counts.json").read_text())
+        kept = [r["instruction"] for r in pq.read_table(sorted((work / "filter").glob("shard-*.parquet"))).to_pylist()]
+        res = {
+            "prefix": prefix, "generated": len(rows), "parseable": len(parsed),
+            "parseable_share": len(parsed) / len(rows),
+            "heuristic_harmful_share_of_generated": sum(map(heuristic_harmful, parsed)) / len(rows),
+            "heuristic_harmful_share_of_parseable": sum(map(heuristic_harmful, parsed)) / max(1, len(parsed)),
+            "heuristic_harmful_share_of_kept": sum(map(heuristic_harmful, kept)) / max(1, len(kept)),
+            "filter_counts": counts, "distinct_1": filters.distinct_n(kept, 1), "distinct_2": filters.distinct_n(kept, 2),
+            "tokens_per_second": sum(x["new_tokens"] for x in meta) / sum(x["seconds"] for x in meta),
+            "tokens_per_cpu_second": sum(x["new_tokens"] for x in meta) / sum(x.get("cpu_seconds", 0) or 1e-9 for x in meta),
+            "examples": parsed[:8],
+        }
+        if guard is not None:
+            scores = guard.score([{"prompt": p, "response": None} for p in parsed], show_progress=True) if parsed else []
+            unsafe = sum(s > 0.5 for s in scores)
+            kept_set = set(kept)
+            unsafe_kept = sum(s > 0.5 for p, s in zip(parsed, scores) if p in kept_set)
+            res.update({"teacher": args.teacher, "teacher_unsafe_share_of_generated": unsafe / len(rows),
+                        "teacher_unsafe_share_of_parseable": unsafe / max(1, len(parsed)),
+                        "teacher_unsafe_share_of_kept": unsafe_kept / max(1, len(kept))})
+        results[arm] = res
+    return results
+
+
+def throughput(args, m):
+    pool = generate.exemplar_pool(seed_rows(args)[0], args.exemplar_max_chars)
+    gen = generate.load_generator(args.generator, args.backend, dtype=args.dtype, device=args.device, batch_size=1)
+    prompts = [
+        generate.render_chat(gen.tokenizer, generate.request_messages(generate.request_exemplars(pool, i, args.num_exemplars, args.seed), args.request), args.prefix)
+        for i in range(m.throughput_requests)
+    ]
+    gen.generate(prompts[:1], 0, max_new_tokens=4)  # warm-up
+    results = {}
+    for batch_size in (1, m.throughput_batch_size):
+        gen.batch_size = batch_size
+        start, cpu_start = time.perf_counter(), time.process_time()
+        _, tokens = gen.generate(prompts, args.seed, max_new_tokens=m.throughput_tokens, min_new_tokens=m.throughput_tokens,
+                                 temperature=args.temperature, top_p=args.top_p)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        results[f"batch_size_{batch_size}"] = {"requests": len(prompts), "new_tokens": tokens, "seconds": seconds,
+                                               "tokens_per_second": tokens / seconds, "cpu_seconds": cpu,
+                                               "tokens_per_cpu_second": tokens / cpu}
+    return results
+
+
+def main(argv=None):
+    from training.config import parse_args
+
+    args, m = parse_args([BuildCorpusArguments, MeasureArguments], argv, section="build_corpus")
+    Path(m.measure_dir).mkdir(parents=True, exist_ok=True)
+    results = {"generator": args.generator, "ablation": ablation(args, m)}
+    if m.throughput_requests:
+        results["throughput"] = throughput(args, m)
+    path = Path(m.measure_dir) / "results.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
