@@ -1,0 +1,447 @@
+"""`saferoute train-router`: train the SafeRoute router on the student's own features, then package.
+
+Router label of an example with human label y: t = (student wrong) & (large guard right), both at
+threshold 0.5. The examples are the seed rows `saferoute distill` held out (recorded in the
+student's `training_info.json`), so the student's errors look like its errors on new inputs.
+One student forward per example gives both its P(unsafe) and the feature the router reads
+(computed once: the encoder is frozen). The router (d -> 512 -> 512 -> 1 MLP, optionally
+Bayesian: mean-field Gaussian weights, prior sigma 0.1, loss BCE + 0.01 KL, posterior mean
+exported) trains with BCE, a class-balanced sampler, Adam, warm-up + linear decay, batch 512.
+The routing threshold is chosen on a stratified validation split (best F1 of the routed system,
+or a large-guard budget), and the result is written as a packaged SafeRoute model folder.
+"""
+
+import copy
+import json
+import logging
+import math
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from datasets import Value, concatenate_datasets
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from dataset_builders.seed_pool import load_seed_pool
+from modeling_saferoute.guards import GUARD_KINDS, load_guard
+from modeling_saferoute.inputs import encode_pairs, length_sorted_batches
+
+from .config import parse_args
+from .distill import INFO_FILE, load_corpus, stratified_split
+from .package import PackageArguments, load_student, package
+
+logger = logging.getLogger(__name__)
+ROUTER_INFO_FILE = "router_info.json"
+
+
+@dataclass
+class TrainRouterArguments:
+    student: str = field(default="outputs/student", metadata={"help": "The distilled student folder (with training_info.json from saferoute distill)."})
+    output: str = field(default="outputs/saferoute-guard", metadata={"help": "The SafeRoute model folder to write."})
+    data: str = field(default="holdout", metadata={"help": "'holdout' (the seed rows distill held out), or labeled rows the student never saw: 'offline', 'wildguardmix', a .jsonl/.parquet file."})
+    corpus: Optional[str] = field(default=None, metadata={"help": "Corpus holding the hold-out rows (default: the one in the student's training_info.json)."})
+    large_guard: Optional[str] = field(default=None, metadata={"help": "Large guard (local folder, Hub id or bundled: alias); default: the corpus' teacher."})
+    large_guard_kind: Optional[str] = field(default=None, metadata={"help": f"Adapter kind of the large guard: {sorted(GUARD_KINDS)}."})
+    large_guard_revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of the large guard."})
+    large_guard_dtype: Optional[str] = field(default=None, metadata={"help": "dtype the large guard loads in (e.g. bfloat16)."})
+    large_guard_max_length: Optional[int] = field(default=None, metadata={"help": "Token budget of large-guard scoring (default: the adapter's)."})
+    large_guard_batch_size: int = field(default=8, metadata={"help": "Batch size of large-guard scoring."})
+    large_guard_scores: str = field(default="auto", metadata={"help": "'auto' (reuse the corpus' teacher unsafe_score when the large guard is that teacher), 'corpus' (always reuse) or 'rescore'."})
+    bayesian: bool = field(default=False, metadata={"help": "Bayesian router (mean-field Gaussian weights; the posterior mean is exported)."})
+    prior_sigma: float = field(default=0.1, metadata={"help": "Prior sigma of the Bayesian router."})
+    posterior_sigma_init: Optional[float] = field(default=1e-3, metadata={"help": "Initial posterior sigma of the Bayesian router (torchbnn starts at the prior sigma: on 1.5k rows that left the router near chance, val AUPRC .41 vs .78)."})
+    kl_weight: float = field(default=0.01, metadata={"help": "Weight of the (per-parameter mean) KL term of the Bayesian router."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate."})
+    batch_size: int = field(default=512, metadata={"help": "Router batch size (balanced sampling with replacement)."})
+    max_steps: int = field(default=500, metadata={"help": "Router optimizer steps."})
+    warmup_steps: float = field(default=100, metadata={"help": "Warm-up steps (int) or ratio (< 1); above a fifth of the run it becomes a 0.1 ratio."})
+    eval_steps: int = field(default=25, metadata={"help": "Validate every N steps; the best router (validation AUPRC of t) is kept."})
+    validation_size: float = field(default=0.1, metadata={"help": "Stratified validation share (threshold choice, best router)."})
+    large_budget: Optional[float] = field(default=None, metadata={"help": "Choose the threshold so that at most this share of validation inputs goes to the large guard (else: best routed-system F1)."})
+    router_threshold: Optional[float] = field(default=None, metadata={"help": "Fixed routing threshold (skips the choice on validation)."})
+    threshold: float = field(default=0.5, metadata={"help": "P(unsafe) above this is 'unsafe' (student, large guard, packaged model)."})
+    max_length: Optional[int] = field(default=None, metadata={"help": "Student token budget (default: the one it was distilled with)."})
+    feature_batch_size: int = field(default=64, metadata={"help": "Batch size of the student forward that computes the features."})
+    unseen_pool: Optional[str] = field(default=None, metadata={"help": "With --data holdout, also use the rows of this seed pool ('offline', 'wildguardmix', a file) that are not in the corpus: the student never trained on them (the large guard scores them)."})
+    max_unseen_rows: Optional[int] = field(default=None, metadata={"help": "Stratified, seeded sample of at most this many --unseen-pool (or --data pool) rows."})
+    paraphrases: int = field(default=0, metadata={"help": "LLM paraphrases per example (not implemented yet; must be 0)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the split, the sampler and the initialisation."})
+    force: bool = field(default=False, metadata={"help": "Retrain even when the output folder already holds a trained router."})
+
+    def __post_init__(self):
+        if self.large_guard_scores not in ("auto", "corpus", "rescore"):
+            raise ValueError(f"--large-guard-scores must be 'auto', 'corpus' or 'rescore', got {self.large_guard_scores!r}.")
+        if self.large_guard_kind is not None and self.large_guard_kind not in GUARD_KINDS:
+            raise ValueError(f"--large-guard-kind must be one of {sorted(GUARD_KINDS)}, got {self.large_guard_kind!r}.")
+        if self.large_budget is not None and not 0 < self.large_budget <= 1:
+            raise ValueError(f"--large-budget must be in (0, 1], got {self.large_budget}.")
+        if self.paraphrases:
+            raise ValueError("--paraphrases is not implemented yet; use 0.")
+
+
+# -- router labels and features ---------------------------------------------------------------
+def router_labels(student_p, large_p, labels, threshold=0.5):
+    """t = 1 iff the student is wrong and the large guard is right (P(unsafe) > threshold = unsafe)."""
+    student_p, large_p, labels = (np.asarray(x) for x in (student_p, large_p, labels))
+    student_pred, large_pred = (student_p > threshold).astype(int), (large_p > threshold).astype(int)
+    return ((student_pred != labels) & (large_pred == labels)).astype(int)
+
+
+def student_features(model, tokenizer, items, max_length, batch_size=64):
+    """(features (N, d) float32, P(unsafe) (N,)) from one student forward per item."""
+    encodings, _ = encode_pairs(tokenizer, items, max_length)
+    batches = length_sorted_batches([len(e["input_ids"]) for e in encodings], batch_size)
+    features, probs = [None] * len(items), [None] * len(items)
+    model.eval()
+    with torch.inference_mode():
+        for batch in tqdm(batches, desc="student features"):
+            inputs = tokenizer.pad([encodings[i] for i in batch], return_tensors="pt").to(model.device)
+            out = model(**inputs)
+            p = torch.softmax(out.logits.float(), dim=-1)[:, 1]
+            for j, i in enumerate(batch):
+                features[i], probs[i] = out.features[j].float().cpu(), float(p[j])
+    return torch.stack(features), np.array(probs)
+
+
+def corpus_teacher(corpus):
+    """The teacher of a corpus folder's dataset card: `{"name_or_path", "kind"}` or None.
+
+    Read from the card's YAML (`teacher:` as a mapping or a name, plus `teacher_kind:`), else from
+    the body line the build-corpus card template writes ("The teacher `X` (guard kind `Y`)").
+    """
+    readme = Path(corpus) / "README.md" if corpus and Path(corpus).is_dir() else None
+    if readme is None or not readme.exists():
+        return None
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard.load(readme)
+    data = card.data.to_dict()
+    teacher = data.get("teacher")
+    if isinstance(teacher, dict) and teacher.get("name_or_path"):
+        return {"name_or_path": teacher["name_or_path"], "kind": teacher.get("kind")}
+    if isinstance(teacher, str):
+        return {"name_or_path": teacher, "kind": data.get("teacher_kind")}
+    found = re.search(r"[Tt]he teacher `([^`]+)` \(guard kind `([^`]+)`\)", card.text)
+    return {"name_or_path": found.group(1), "kind": found.group(2)} if found else None
+
+
+def same_model(a, b):
+    """Same name, or two local paths to the same folder."""
+    if a is None or b is None:
+        return False
+    return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
+
+
+ROUTER_COLUMNS = ["id", "prompt", "response", "level", "y", "corpus_score"]
+
+
+def first_per_id(rows):
+    """One row per id (exact duplicates share an id)."""
+    first = {}
+    for k, i in enumerate(rows["id"]):
+        first.setdefault(i, k)
+    return rows.select(sorted(first.values()))
+
+
+def pool_rows(name, exclude=(), max_rows=None, seed=0):
+    """Seed-pool rows (ids not in `exclude`) in the router layout, optionally a stratified sample."""
+    exclude = set(exclude)
+    pool = first_per_id(load_seed_pool(name).filter(lambda i: i not in exclude, input_columns="id"))
+    if max_rows and len(pool) > max_rows:
+        pool = pool.select(stratified_split(pool, ("label", "level"), max_rows, seed)[1])
+    pool = pool.map(lambda y: {"y": int(y), "corpus_score": None}, input_columns="label")
+    return pool.cast_column("corpus_score", Value("float64")).select_columns(ROUTER_COLUMNS)
+
+
+def router_data(args, info):
+    """Labeled rows the student never trained on, with the corpus' teacher scores where known.
+
+    `holdout`: the corpus seed rows distill held out, plus (with --unseen-pool) seed-pool rows that
+    are not in the corpus at all. Otherwise: the rows of the `--data` seed pool / file.
+    """
+    if args.data != "holdout":
+        logger.warning("Router data %s: make sure the student never trained on it (its errors there would look too rare).", args.data)
+        return pool_rows(args.data, max_rows=args.max_unseen_rows, seed=args.seed), None
+    ids = (info.get("router_holdout") or {}).get("ids")
+    if not ids:
+        raise ValueError(
+            f"{args.student}/{INFO_FILE} records no router hold-out: distill with --router-holdout > 0, "
+            "or pass --data with labeled rows the student never saw."
+        )
+    corpus = args.corpus or info.get("corpus")
+    full = load_corpus(corpus)
+    wanted = set(ids)
+    rows = first_per_id(full.filter(lambda i: i in wanted, input_columns="id"))
+    if len(rows) != len(wanted):
+        raise ValueError(f"The corpus {corpus} holds {len(rows)} of the {len(wanted)} hold-out ids recorded by distill: is it the same corpus?")
+    rows = rows.rename_column("unsafe_score", "corpus_score").map(lambda h: {"y": int(h)}, input_columns="human_label")
+    rows = rows.cast_column("corpus_score", Value("float64")).select_columns(ROUTER_COLUMNS)
+    if args.unseen_pool:
+        unseen = pool_rows(args.unseen_pool, exclude=full["id"], max_rows=args.max_unseen_rows, seed=args.seed)
+        logger.info("Router data: %d held-out corpus rows + %d %s rows absent from the corpus.", len(rows), len(unseen), args.unseen_pool)
+        rows = concatenate_datasets([rows, unseen])
+    return rows, corpus
+
+
+def large_guard_scores(args, rows, corpus):
+    """(P(unsafe) of the large guard per row, large-guard reference, number of corpus scores reused).
+
+    Rows with a corpus teacher score reuse it when the large guard is that teacher (or with
+    `--large-guard-scores corpus`); the others are scored with the large guard.
+    """
+    teacher = corpus_teacher(corpus) if corpus else None
+    name, kind = args.large_guard, args.large_guard_kind
+    if name is None and teacher:
+        name, kind = teacher.get("name_or_path"), kind or teacher.get("kind")
+    is_teacher = teacher is not None and same_model(name, teacher.get("name_or_path"))
+    if kind is None and is_teacher:
+        kind = teacher.get("kind")
+    corpus_scores = rows["corpus_score"]
+    reuse = args.large_guard_scores == "corpus" or (args.large_guard_scores == "auto" and is_teacher)
+    missing = [i for i, s in enumerate(corpus_scores) if s is None or not reuse]
+    if args.large_guard_scores == "corpus" and missing:
+        raise ValueError(f"--large-guard-scores corpus: {len(missing)} rows have no corpus unsafe_score.")
+    if name is None and missing:
+        raise ValueError("No large guard: pass --large-guard and --large-guard-kind (the corpus card records no teacher).")
+    ref = {"name_or_path": name, "kind": kind, "revision": args.large_guard_revision, "dtype": args.large_guard_dtype}
+    scores = np.array([np.nan if s is None else s for s in corpus_scores], dtype=float)
+    if len(missing) < len(scores):
+        logger.info("Reusing %d corpus teacher scores (unsafe_score) as the large guard's P(unsafe).", len(scores) - len(missing))
+    if missing:
+        if kind not in GUARD_KINDS:
+            raise ValueError(f"--large-guard-kind must be one of {sorted(GUARD_KINDS)} to score with {name!r}, got {kind!r}.")
+        guard = load_guard(
+            name, kind, revision=args.large_guard_revision, dtype=args.large_guard_dtype,
+            batch_size=args.large_guard_batch_size, max_length=args.large_guard_max_length,
+        )
+        items = [{"prompt": rows[i]["prompt"], "response": rows[i]["response"]} for i in missing]
+        scores[missing] = guard.score(items, show_progress=True)
+    return scores, ref, len(scores) - len(missing)
+
+
+# -- the (Bayesian) router ----------------------------------------------------------------------
+class BayesianLinear(nn.Module):
+    """Mean-field Gaussian linear layer (weights ~ N(mu, sigma^2)); the mean is used in eval mode."""
+
+    def __init__(self, linear, prior_sigma, sigma_init=None):
+        super().__init__()
+        self.prior_sigma = prior_sigma
+        log_sigma = math.log(sigma_init or prior_sigma)
+        self.weight_mu = nn.Parameter(linear.weight.detach().clone())
+        self.bias_mu = nn.Parameter(linear.bias.detach().clone())
+        self.weight_log_sigma = nn.Parameter(torch.full_like(linear.weight, log_sigma))
+        self.bias_log_sigma = nn.Parameter(torch.full_like(linear.bias, log_sigma))
+
+    def forward(self, x):
+        weight, bias = self.weight_mu, self.bias_mu
+        if self.training:
+            weight = weight + torch.exp(self.weight_log_sigma) * torch.randn_like(weight)
+            bias = bias + torch.exp(self.bias_log_sigma) * torch.randn_like(bias)
+        return nn.functional.linear(x, weight, bias)
+
+    def kl(self):
+        """(sum of KL(q || N(0, prior^2)) over the parameters, number of parameters)."""
+        total = 0.0
+        for mu, log_sigma in ((self.weight_mu, self.weight_log_sigma), (self.bias_mu, self.bias_log_sigma)):
+            total = total + (math.log(self.prior_sigma) - log_sigma + (torch.exp(2 * log_sigma) + mu**2) / (2 * self.prior_sigma**2) - 0.5).sum()
+        return total, self.weight_mu.numel() + self.bias_mu.numel()
+
+
+def bayesian_copy(router, prior_sigma, sigma_init=None):
+    """A copy of the router whose Linear layers are Bayesian (means start at the router's weights)."""
+    bayes = copy.deepcopy(router)
+    for i, layer in enumerate(bayes.layers):
+        if isinstance(layer, nn.Linear):
+            bayes.layers[i] = BayesianLinear(layer, prior_sigma, sigma_init)
+    return bayes
+
+
+def mean_kl(module):
+    """KL per parameter, averaged over all Bayesian parameters (torchbnn's 'mean' reduction)."""
+    total, count = 0.0, 0
+    for layer in module.modules():
+        if isinstance(layer, BayesianLinear):
+            kl, n = layer.kl()
+            total, count = total + kl, count + n
+    return total / max(count, 1)
+
+
+def export_posterior_mean(bayes, router):
+    """Write the posterior means into the plain router (same architecture as the exported model)."""
+    state = {}
+    for i, layer in enumerate(bayes.layers):
+        if isinstance(layer, BayesianLinear):
+            state[f"layers.{i}.weight"], state[f"layers.{i}.bias"] = layer.weight_mu.detach(), layer.bias_mu.detach()
+        else:
+            state.update({f"layers.{i}.{k}": v.detach() for k, v in layer.state_dict().items()})
+    router.load_state_dict(state)
+    return router
+
+
+def average_precision(scores, targets):
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(targets, scores)) if np.any(targets) else float("nan")
+
+
+def fit_router(router, train_x, train_t, val_x, val_t, args):
+    """Train the router (balanced sampler, BCE [+ KL], Adam, warm-up + linear decay); keep the best on validation."""
+    torch.manual_seed(args.seed)
+    net = bayesian_copy(router, args.prior_sigma, args.posterior_sigma_init) if args.bayesian else router
+    counts = torch.bincount(train_t.long(), minlength=2).float()
+    weights = (1.0 / counts.clamp(min=1))[train_t.long()].double()
+    sampler = WeightedRandomSampler(weights, args.max_steps * args.batch_size, replacement=True, generator=torch.Generator().manual_seed(args.seed))
+    loader = DataLoader(TensorDataset(train_x, train_t.float()), batch_size=args.batch_size, sampler=sampler)
+    optimizer = torch.optim.Adam(net.parameters(), lr=args.learning_rate)
+    warmup = args.warmup_steps if args.warmup_steps >= 1 else args.warmup_steps * args.max_steps
+    if warmup > 0.2 * args.max_steps:
+        warmup = 0.1 * args.max_steps
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup), args.max_steps)
+    best, history = (-1.0, None, 0), []
+    bar = tqdm(loader, desc="router", total=args.max_steps)
+    for step, (x, t) in enumerate(bar, start=1):
+        net.train()
+        loss = nn.functional.binary_cross_entropy_with_logits(net(x), t)
+        if args.bayesian:
+            loss = loss + args.kl_weight * mean_kl(net)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if step % args.eval_steps == 0 or step == args.max_steps:
+            net.eval()
+            with torch.no_grad():
+                val_scores = torch.sigmoid(net(val_x)).numpy()
+                val_loss = float(nn.functional.binary_cross_entropy(torch.as_tensor(val_scores), val_t.float()))
+            auprc = average_precision(val_scores, val_t.numpy())
+            history.append({"step": step, "loss": loss.item(), "val_bce": val_loss, "val_auprc": auprc})
+            bar.set_postfix(loss=f"{loss.item():.4f}", val_auprc=f"{auprc:.3f}")
+            key = auprc if not math.isnan(auprc) else -val_loss
+            if key > best[0] or best[1] is None:
+                best = (key, copy.deepcopy(net.state_dict()), step)
+    net.load_state_dict(best[1])
+    if args.bayesian:
+        export_posterior_mean(net, router)
+    router.eval()
+    return router, {"best_step": best[2], "history": history}
+
+
+# -- threshold and metrics ------------------------------------------------------------------
+def f1(pred, y):
+    tp = int(np.sum((pred == 1) & (y == 1)))
+    fp, fn = int(np.sum((pred == 1) & (y == 0))), int(np.sum((pred == 0) & (y == 1)))
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def routing_metrics(router_scores, router_threshold, student_p, large_p, y, t, threshold=0.5):
+    """F1 of the routed system, of each guard, of the oracle; share routed; routing F1 against t."""
+    routed = (router_scores > router_threshold).astype(int)
+    student_pred, large_pred = (student_p > threshold).astype(int), (large_p > threshold).astype(int)
+    system = np.where(routed == 1, large_pred, student_pred)
+    oracle = np.where(t == 1, large_pred, student_pred)
+    return {
+        "system_f1": f1(system, y), "student_f1": f1(student_pred, y), "large_f1": f1(large_pred, y), "oracle_f1": f1(oracle, y),
+        "large_usage": float(routed.mean()) if len(routed) else 0.0, "routing_f1": f1(routed, t), "oracle_usage": float(t.mean()) if len(t) else 0.0,
+    }
+
+
+def choose_threshold(router_scores, student_p, large_p, y, t, large_budget=None, threshold=0.5):
+    """Best routed-system F1 (ties: less routing), or the highest usage within `large_budget`."""
+    scores = np.asarray(router_scores)
+    if large_budget is not None:
+        k = int(math.floor(large_budget * len(scores)))
+        ordered = np.sort(scores)[::-1]
+        return float(ordered[k]) if k < len(ordered) else float(ordered[-1] - 1e-6)
+    candidates = np.unique(np.concatenate([np.quantile(scores, np.linspace(0, 1, 201)), [0.5, 1.0]]))
+    best = max(candidates, key=lambda c: (routing_metrics(scores, c, student_p, large_p, y, t, threshold)["system_f1"], c))
+    return float(best)
+
+
+# -- the command --------------------------------------------------------------------------------
+def train_router(args: TrainRouterArguments):
+    """Train the router and write the SafeRoute folder; returns a dict with the per-example table and metrics."""
+    output = Path(args.output)
+    if (output / ROUTER_INFO_FILE).exists() and not args.force:
+        logger.info("%s already holds a trained router; skipping (--force to retrain).", output)
+        return {"output": output, "skipped": True, **json.loads((output / ROUTER_INFO_FILE).read_text())}
+    info_path = Path(args.student) / INFO_FILE
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    if args.data == "holdout" and not info:
+        raise ValueError(f"{info_path} not found: train-router needs a student from saferoute distill (or --data with rows it never saw).")
+    rows, corpus = router_data(args, info)
+    large_p, large_ref, reused = large_guard_scores(args, rows, corpus)
+    model, tokenizer, head_trained = load_student(args.student)
+    if not head_trained:
+        raise ValueError(f"The student {args.student} has no trained classification head: distill it first.")
+    max_length = args.max_length or info.get("max_length") or model.max_length
+    items = [{"prompt": p, "response": r} for p, r in zip(rows["prompt"], rows["response"])]
+    features, student_p = student_features(model, tokenizer, items, max_length, args.feature_batch_size)
+    y = np.array(rows["y"])
+    t = router_labels(student_p, large_p, y, args.threshold)
+    if t.sum() < 2:
+        raise ValueError(f"Only {int(t.sum())} of {len(t)} examples have t=1 (student wrong, large guard right): the router has nothing to learn.")
+    table = rows.select_columns(["id", "y"]).add_column("student_p", student_p.tolist()).add_column("large_p", large_p.tolist()).add_column("t", t.tolist())
+    table = table.add_column("level", rows["level"])
+    train_idx, val_idx = stratified_split(table, ("t", "y"), args.validation_size, args.seed)
+    split = np.array(["train"] * len(t), dtype=object)
+    split[val_idx] = "validation"
+    table = table.add_column("split", split.tolist())
+
+    torch.manual_seed(args.seed)
+    router = copy.deepcopy(model.router)
+    model._init_weights(router)  # a fresh, seeded initialisation
+    tt = torch.as_tensor(t)
+    router, fit = fit_router(router, features[train_idx], tt[train_idx], features[val_idx], tt[val_idx], args)
+    with torch.no_grad():
+        scores = torch.sigmoid(router(features)).numpy()
+    v = np.array(val_idx)
+    router_threshold = args.router_threshold if args.router_threshold is not None else choose_threshold(
+        scores[v], student_p[v], large_p[v], y[v], t[v], args.large_budget, args.threshold
+    )
+    table = table.add_column("router_score", scores.tolist())
+    metrics = {
+        name: routing_metrics(scores[idx], router_threshold, student_p[idx], large_p[idx], y[idx], t[idx], args.threshold)
+        for name, idx in (("train", np.array(train_idx)), ("validation", v))
+    }
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "router.safetensors"
+        save_file({f"router.{k}": v.contiguous() for k, v in router.state_dict().items()}, str(weights))
+        package(
+            PackageArguments(
+                student=args.student, output=str(output), large_guard=large_ref["name_or_path"], large_guard_kind=large_ref["kind"],
+                large_guard_revision=large_ref["revision"], large_guard_dtype=large_ref["dtype"], router=str(weights),
+                router_threshold=router_threshold, threshold=args.threshold,
+                # max_length is not passed: SafeRouteConfig.max_length is a generation parameter name that
+                # transformers 5 refuses to save; the packaged model uses the encoder's maximum.
+            )
+        )
+    summary = {
+        "router_threshold": router_threshold,
+        "threshold_choice": "fixed" if args.router_threshold is not None else (f"large_budget={args.large_budget}" if args.large_budget else "best_system_f1"),
+        "data": args.data, "corpus": corpus, "max_length": max_length, "examples": {"train": len(train_idx), "validation": len(val_idx)},
+        "positive_rate": float(t.mean()), "large_guard": large_ref, "large_guard_scores_reused": reused,
+        "bayesian": args.bayesian, "metrics": metrics, "fit": fit,
+        "arguments": asdict(args),
+    }
+    (output / ROUTER_INFO_FILE).write_text(json.dumps(summary, indent=2, default=str))
+    return {"output": output, "table": table, **summary}
+
+
+def main(argv=None):
+    args = parse_args([TrainRouterArguments], argv, section="train_router")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    result = train_router(args)
+    print(f"SafeRoute model in {result['output']}: router_threshold {result['router_threshold']:.4f}, validation {result['metrics']['validation']}")
+
+
+if __name__ == "__main__":
+    main()
