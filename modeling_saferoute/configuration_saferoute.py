@@ -15,7 +15,8 @@ class SafeRouteConfig(PretrainedConfig):
         router_hidden_size (`int`, 512): width of the router MLP (d -> h -> h -> 1).
         router_threshold (`float`, 0.5): route to the large guard when sigmoid(router logit) > this.
         threshold (`float`, 0.5): an input is "unsafe" when P(unsafe) > this.
-        max_length (`int`, optional): token budget of the pair encoding; default the encoder's maximum.
+        max_input_length (`int`, optional): token budget of the pair encoding; default the encoder's
+            maximum (not named `max_length`: transformers reserves that name for generation).
         large_guard (`dict`, optional): reference to the large guard: `name_or_path`, `revision`,
             `kind` (a key of `guards.GUARD_KINDS`), `dtype`, `max_length`, `batch_size`, `options`.
     """
@@ -29,7 +30,7 @@ class SafeRouteConfig(PretrainedConfig):
         router_hidden_size=512,
         router_threshold=0.5,
         threshold=0.5,
-        max_length=None,
+        max_input_length=None,
         large_guard=None,
         **kwargs,
     ):
@@ -39,7 +40,7 @@ class SafeRouteConfig(PretrainedConfig):
         self.router_hidden_size = router_hidden_size
         self.router_threshold = float(router_threshold)
         self.threshold = float(threshold)
-        self.max_length = max_length
+        self.max_input_length = max_input_length
         large_guard = dict(large_guard or {})
         unknown = set(large_guard) - set(LARGE_GUARD_KEYS)
         if unknown:

@@ -32,6 +32,16 @@ class SafeRouteOutput(ModelOutput):
     features: Optional[torch.FloatTensor] = None
 
 
+def input_length_limit(config, default=512):
+    """The pair-encoding token budget of a `SafeRouteConfig`."""
+    encoder = config.encoder
+    limits = [config.max_input_length]
+    if getattr(encoder, "position_biased_input", True):
+        limits.append(getattr(encoder, "max_position_embeddings", None))
+    limits = [x for x in limits if x]
+    return min(limits) if limits else default
+
+
 class SafeRouteRouter(nn.Module):
     """The SafeRoute router: d -> h -> h -> 1 MLP with LayerNorm + ReLU."""
 
@@ -107,10 +117,9 @@ class SafeRouteForSequenceClassification(SafeRoutePreTrainedModel):
 
     @property
     def max_length(self):
-        """Token budget of the pair encoding."""
-        limits = [self.config.max_length, getattr(self.config.encoder, "max_position_embeddings", None)]
-        limits = [x for x in limits if x]
-        return min(limits) if limits else 512
+        """Token budget of the pair encoding: the configured one, capped by absolute position embeddings
+        (encoders with relative positions only, such as DeBERTa-v3, are not capped by them)."""
+        return input_length_limit(self.config)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
         model_inputs = {"input_ids": input_ids, "attention_mask": attention_mask}

@@ -277,3 +277,14 @@ def test_onnx_export_matches_pytorch(packaged, tmp_path, guard_pipe):
     unsafe8, router8 = OnnxSafeRoute(paths[1]).score(inputs, batch_size=4)
     assert list(unsafe8) == pytest.approx(ref_unsafe, abs=0.05)  # int8 weights: close, not equal
     assert list(router8) == pytest.approx(ref_router, abs=0.05)
+
+
+def test_packaged_input_length_is_saved_and_used(tmp_path, tiny_student_dir):
+    out = package(PackageArguments(student=str(tiny_student_dir), output=str(tmp_path / "m"), max_length=16, model_card=False))
+    assert json.loads((out / "config.json").read_text())["max_input_length"] == 16
+    from transformers import pipeline
+
+    guard = pipeline("text-classification", model=str(out), trust_remote_code=True)
+    assert guard.model.max_length == 16
+    assert guard("How do I pick a lock? " * 3, route="never")["truncated"] is True
+    assert guard("How do I pick a lock?", route="never")["truncated"] is False

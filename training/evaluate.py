@@ -295,7 +295,7 @@ def run_evaluation(args: EvaluateArguments):
         config = AutoConfig.from_pretrained(resolve(args.model), trust_remote_code=True)
         router_threshold = config.router_threshold if args.router_threshold is None else args.router_threshold
         large_name, large_kind, large_kwargs, large_batch = _large_guard_reference(args, config)
-        s_key, s_info = model_key("saferoute", args.model, "saferoute", max_length=getattr(config, "max_length", None))
+        s_key, s_info = model_key("saferoute", args.model, "saferoute", max_length=getattr(config, "max_input_length", None))
         l_key, l_info = model_key("large", large_name, large_kind, revision=large_kwargs["revision"], dtype=large_kwargs["dtype"],
                                   **{k: v for k, v in large_kwargs.items() if k not in ("revision", "dtype", "device", "batch_size")})
         s_cache = ScoreCache(output / "cache" / f"{s_key}.parquet", STUDENT_COLUMNS, s_info, args.recompute)

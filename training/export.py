@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from modeling_saferoute import SafeRouteForSequenceClassification
+from modeling_saferoute.modeling_saferoute import input_length_limit
 from modeling_saferoute.inputs import encode_pairs, length_sorted_batches, normalize_input
 
 from .config import parse_args
@@ -79,8 +80,7 @@ class OnnxSafeRoute:
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-        limits = [x for x in (config.max_length, getattr(config.encoder, "max_position_embeddings", None)) if x]
-        self.max_length = min(limits) if limits else 512
+        self.max_length = input_length_limit(config)
 
     def score(self, inputs, batch_size=32):
         """(student_unsafe_score, router_score) arrays, in input order."""

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -96,7 +95,7 @@ def package(args: PackageArguments):
         config.router_threshold = float(args.router_threshold)
     config.threshold = float(args.threshold)
     if args.max_length:
-        config.max_length = args.max_length
+        config.max_input_length = args.max_length
     config.head_trained = bool(head_trained or getattr(config, "head_trained", False))
     config.router_trained = bool(router_trained)
     config.custom_pipelines = {"text-classification": dict(PIPELINE_IMPL)}

@@ -419,9 +419,7 @@ def train_router(args: TrainRouterArguments):
             PackageArguments(
                 student=args.student, output=str(output), large_guard=large_ref["name_or_path"], large_guard_kind=large_ref["kind"],
                 large_guard_revision=large_ref["revision"], large_guard_dtype=large_ref["dtype"], router=str(weights),
-                router_threshold=router_threshold, threshold=args.threshold,
-                # max_length is not passed: SafeRouteConfig.max_length is a generation parameter name that
-                # transformers 5 refuses to save; the packaged model uses the encoder's maximum.
+                router_threshold=router_threshold, threshold=args.threshold, max_length=max_length,
             )
         )
     summary = {
