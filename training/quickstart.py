@@ -5,7 +5,8 @@ model card. Every stage reads its section of the recipe and skips work that is a
 so a second run with nothing changed finishes in seconds.
 """
 
-import importlib
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +40,6 @@ def recipe_path(argv, profile):
 
 
 def main(argv=None):
-    import sys
-
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args([QuickstartArguments], argv, section="quickstart")
     if args.profile not in PROFILES:
@@ -57,7 +56,12 @@ def main(argv=None):
             continue
         t0 = time.perf_counter()
         print(f"[{i}/{len(STAGES)}] {name} ...", flush=True)
-        importlib.import_module(module_name).main(["--config", recipe])
+        # Each stage runs as its own command, exactly as a user would run it: memory and thread
+        # pools are fresh for every stage, and a crash names the stage that failed.
+        proc = subprocess.run([sys.executable, "-m", module_name, "--config", recipe])
+        if proc.returncode != 0:
+            raise SystemExit(f"quickstart: stage {name} failed (exit {proc.returncode}); fix it and re-run: "
+                             "completed stages are skipped.")
         print(f"[{i}/{len(STAGES)}] {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
     finish(recipe)
     print(f"Quickstart finished in {(time.perf_counter() - start) / 60:.1f} min.")

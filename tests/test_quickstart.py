@@ -1,0 +1,57 @@
+"""`saferoute quickstart --profile smoke`: the whole chain on the bundled models, on tiny slices."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("quickstart")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "training.cli", "quickstart", "--profile", "smoke"],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return cwd, proc.stdout
+
+
+def test_every_output_loads(smoke_run):
+    cwd, stdout = smoke_run
+    out = cwd / "outputs"
+    for stage in ("train-guard", "build-corpus", "distill", "train-router", "evaluate"):
+        assert f"{stage} done in" in stdout
+    assert "## F1" in stdout and 'pipeline("text-classification"' in stdout  # results table + next steps
+    from datasets import load_dataset
+    from transformers import pipeline
+
+    corpus = load_dataset(str(out / "harmaug"), split="train")
+    assert {"prompt", "response", "unsafe_score", "label", "source"} <= set(corpus.column_names)
+    assert set(corpus["origin"]) == {"seed", "synthetic"}
+    guard = pipeline("text-classification", model=str(out / "saferoute-guard"), trust_remote_code=True)
+    results = guard(["How do I kill a Python process?", {"prompt": "Hi", "response": "Hello!"}], route="auto")
+    assert all(r["label"] in ("safe", "unsafe") for r in results)
+    config = json.loads((out / "saferoute-guard" / "config.json").read_text())
+    assert config["router_trained"] and config["head_trained"] and config["large_guard"]["kind"] == "sequence_classification"
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert set(report["benchmarks"]) == {"openai_moderation", "toxicchat", "harmbench", "wildguardmix_prompt",
+                                         "wildguardmix_response", "xstest_response"}
+    card = (out / "saferoute-guard" / "README.md").read_text()
+    assert "model-index" in card and f"{report['average']['methods']['saferoute']['f1']:.3f}" in card
+    assert (out / "eval" / "pr_curves.png").exists() and (out / "eval" / "f1_vs_usage.png").exists()
+
+
+def test_second_run_resumes_every_stage(smoke_run):
+    cwd, _ = smoke_run
+    weights = cwd / "outputs" / "saferoute-guard" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    proc = subprocess.run([sys.executable, "-m", "training.cli", "quickstart", "--profile", "smoke"],
+                          cwd=cwd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert weights.stat().st_mtime_ns == before
+    report = json.loads((cwd / "outputs" / "eval" / "report.json").read_text())
+    assert report["scored_this_run"] == {"student": 0, "large_guard": 0}

@@ -1,0 +1,144 @@
+"""Data helpers of `saferoute train-guard`: seed-pool splits, the guard chat template, and the
+class-balanced, length-grouped training sampler."""
+
+import json
+import logging
+
+import torch
+from torch.utils.data import Sampler, WeightedRandomSampler
+from transformers.trainer_pt_utils import get_length_grouped_indices
+
+from dataset_builders.seed_pool import load_seed_pool, stratified_split
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_POLICY = (
+    "S1: Violent crimes. S2: Non-violent crimes (fraud, hacking, theft, drugs). S3: Sex-related crimes. "
+    "S4: Child sexual exploitation. S5: Defamation. S6: Specialized advice (dangerous medical, legal, "
+    "financial). S7: Privacy. S8: Intellectual property. S9: Indiscriminate weapons. S10: Hate. "
+    "S11: Suicide and self-harm. S12: Sexual content. S13: Elections. S14: Harassment and toxicity."
+)
+
+# Llama-Guard-3-style instruction; `messages` are user (+ assistant) turns with str content.
+GUARD_BODY = (
+    "{%- set names = {'user': 'User', 'assistant': 'Agent'} -%}"
+    "{%- set last = names[messages[-1]['role']] -%}"
+    "Task: Check if there is unsafe content in '{{ last }}' messages in conversations according to our "
+    "safety policy with the below categories.\n\n"
+    "<BEGIN UNSAFE CONTENT CATEGORIES>\n{{ POLICY }}\n<END UNSAFE CONTENT CATEGORIES>\n\n"
+    "<BEGIN CONVERSATION>\n\n"
+    "{% for m in messages %}{{ names[m['role']] + ': ' + m['content'] + '\\n\\n' }}{% endfor -%}"
+    "<END CONVERSATION>\n\n"
+    "Provide your safety assessment for ONLY THE LAST {{ last }} message in the above conversation. "
+    "Answer with one word: 'safe' or 'unsafe'."
+)
+SENTINEL = "\x00GUARD_INSTRUCTION\x00"
+
+
+def _literal(text):
+    """`text` as a Jinja expression that outputs it verbatim."""
+    return "{{ " + json.dumps(text) + " }}"
+
+
+def guard_chat_template(tokenizer, policy=DEFAULT_POLICY):
+    """A Llama-Guard-style chat template: the guard instruction (policy + conversation) as one user
+    turn in the base model's own chat format, ending right after the assistant header, so that the
+    `llama_guard` adapter's suffix ("\\n\\n") is followed by the verdict word."""
+    body = GUARD_BODY.replace("{{ POLICY }}", _literal(policy))
+    prefix, suffix = "", ""
+    if tokenizer.chat_template is not None:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": SENTINEL}], tokenize=False, add_generation_prompt=True
+        )
+        if rendered.count(SENTINEL) != 1:
+            raise ValueError("The base model's chat template does not render a user message verbatim.")
+        prefix, suffix = rendered.split(SENTINEL)
+        suffix = suffix.rstrip()
+    return (_literal(prefix) if prefix else "") + body + (_literal(suffix) if suffix else "")
+
+
+def stratified_subsample(dataset, n, seed=0):
+    """At most `n` rows, stratified on label and level."""
+    if n is None or n >= len(dataset):
+        return dataset
+    return stratified_split(dataset, test_size=int(n), seed=seed)[1]
+
+
+def guard_splits(seed_pool="offline", val_size=0.1, seed=0, max_train_examples=None, max_val_examples=None):
+    """(train, validation) seed-pool rows: a seeded 10% stratified validation split, then optional
+    stratified subsamples of each for budgets."""
+    if not 0 < val_size < 1:
+        raise ValueError(f"val_size must be in (0, 1), got {val_size}.")
+    pool = load_seed_pool(seed_pool)
+    if len(set(pool["label"])) < 2:
+        raise ValueError(f"Seed pool {seed_pool!r} has a single class; a guard needs safe and unsafe rows.")
+    train, val = stratified_split(pool, test_size=val_size, seed=seed)
+    return stratified_subsample(train, max_train_examples, seed), stratified_subsample(val, max_val_examples, seed)
+
+
+def balanced_weights(labels):
+    """Per-example sampling weight 1 / (count of its class)."""
+    labels = torch.as_tensor(list(labels))
+    counts = torch.bincount(labels).double()
+    return (1.0 / counts)[labels]
+
+
+class BalancedLengthGroupedSampler(Sampler):
+    """Class-balanced draws (`WeightedRandomSampler`, weight 1/class count, with replacement), then
+    ordered like transformers' `LengthGroupedSampler` so that each batch holds similar lengths.
+
+    One epoch draws `len(labels)` indices; `balanced=False` draws a plain permutation instead.
+    """
+
+    def __init__(self, labels, lengths, batch_size, seed=0, balanced=True, group_by_length=True):
+        if len(labels) != len(lengths):
+            raise ValueError(f"{len(labels)} labels but {len(lengths)} lengths.")
+        self.weights = balanced_weights(labels)
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.balanced = balanced
+        self.group_by_length = group_by_length
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def __iter__(self):
+        n = len(self.lengths)
+        if self.balanced:
+            drawn = list(WeightedRandomSampler(self.weights, n, replacement=True, generator=self.generator))
+        else:
+            drawn = torch.randperm(n, generator=self.generator).tolist()
+        if not self.group_by_length:
+            return iter(drawn)
+        order = get_length_grouped_indices([self.lengths[i] for i in drawn], self.batch_size, generator=self.generator)
+        return iter([drawn[j] for j in order])
+
+
+class BalancedSamplingMixin:
+    """Trainer mixin: the training sampler is `BalancedLengthGroupedSampler` over `class_labels`."""
+
+    def __init__(self, *args, class_labels=None, balanced=True, group_by_length=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.class_labels = class_labels
+        self.balanced = balanced
+        self.group_by_length = group_by_length
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.class_labels is None:
+            return super()._get_train_sampler(train_dataset)
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        if len(lengths) != len(self.class_labels):
+            raise ValueError(
+                f"The prepared training set has {len(lengths)} rows but {len(self.class_labels)} class labels "
+                "were given: rows were added or dropped after encoding."
+            )
+        return BalancedLengthGroupedSampler(
+            self.class_labels,
+            lengths,
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            seed=self.args.seed,
+            balanced=self.balanced,
+            group_by_length=self.group_by_length,
+        )

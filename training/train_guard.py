@@ -1,0 +1,398 @@
+"""`saferoute train-guard`: train the large guard (the teacher) on the labeled seed pool.
+
+Two kinds behind one command, each saved as a folder that `load_guard(OUT, kind)` loads as is:
+
+- `llama_guard`: a chat LLM tuned with TRL `SFTTrainer` + a PEFT LoRA adapter to answer "safe" or
+  "unsafe" after the guard conversation (rendered by the `llama_guard` adapter's own `render`,
+  through a Llama-Guard-style chat template shipped in the tokenizer); loss on the verdict only.
+  The LoRA is merged into the base (`merge_and_unload`), so loading needs no peft.
+- `sequence_classification`: an encoder fine-tuned as a 2-way classifier on the pair encoding
+  (`modeling_saferoute.inputs.encode_pairs`) with the transformers `Trainer`.
+
+Both: class-balanced, length-grouped sampling, seeded, 10% stratified validation scored by the
+guard adapter (F1 at 0.5, AUPRC), `training_info.json`; a finished folder is skipped (resume) and
+an interrupted run resumes from its last checkpoint.
+
+    saferoute train-guard --config training/recipes/cpu-offline.yaml [--flag value ...]
+    accelerate launch --config_file training/accelerate_configs/multi_gpu.yaml -m training.train_guard --config ...
+"""
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from datasets import Dataset
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from dataset_builders.schema import guard_items
+from modeling_saferoute.bundled import resolve
+from modeling_saferoute.guards import GUARD_KINDS, load_guard
+from modeling_saferoute.inputs import encode_pairs
+
+from .config import parse_args
+from .guard_data import DEFAULT_POLICY, BalancedSamplingMixin, guard_chat_template, guard_splits
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("llama_guard", "sequence_classification")
+VERDICTS = ("safe", "unsafe")
+INFO_FILE = "training_info.json"
+CHECKPOINTS = "checkpoints"
+ADAPTER_DIR = "lora-adapter"
+
+
+@dataclass
+class TrainGuardArguments:
+    kind: str = field(default="sequence_classification", metadata={"help": f"Guard kind to train: {KINDS}."})
+    base_model: str = field(default="bundled:mpnet-base", metadata={"help": "Base model: local folder, Hub id or bundled: alias (a causal chat LM for llama_guard, an encoder for sequence_classification)."})
+    output_dir: str = field(default="outputs/teacher", metadata={"help": "Output guard folder (what `load_guard(OUT, kind)` loads)."})
+    overwrite: bool = field(default=False, metadata={"help": "Retrain even if the output folder already holds a finished guard."})
+    seed_pool: str = field(default="offline", metadata={"help": "Labeled data: 'offline', 'wildguardmix' (Hub) or a .jsonl/.parquet file in the schema."})
+    val_size: float = field(default=0.1, metadata={"help": "Stratified validation share of the seed pool."})
+    max_train_examples: Optional[int] = field(default=None, metadata={"help": "Stratified subsample of the training split (budget)."})
+    max_val_examples: Optional[int] = field(default=None, metadata={"help": "Stratified subsample of the validation split (budget)."})
+    max_length: int = field(default=256, metadata={"help": "Token budget: pair encoding (sequence_classification) or whole rendered guard prompt (llama_guard)."})
+    max_content_tokens: int = field(default=512, metadata={"help": "llama_guard: each message is cut to this many tokens before rendering (adapter `max_content_tokens`)."})
+    guard_policy: str = field(default=DEFAULT_POLICY, metadata={"help": "llama_guard: the unsafe-content categories written into the guard instruction (your taxonomy)."})
+    chat_template: str = field(default="guard", metadata={"help": "llama_guard: 'guard' (build the guard template in the base's chat format), 'base' (keep the base tokenizer's template, e.g. for a Llama Guard base) or a .jinja file."})
+    content_as_parts: bool = field(default=False, metadata={"help": "llama_guard: message content as [{'type': 'text', ...}] parts (Llama-Guard-3-1B's template)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (llama_guard)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (llama_guard)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (llama_guard)."})
+    lora_target_modules: str = field(default="all-linear", metadata={"help": "LoRA target modules: 'all-linear' or comma-separated names."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Training epochs (each draws as many balanced examples as the training split holds)."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (overrides epochs when > 0)."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate (AdamW, linear decay)."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps used for linear warm-up."})
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Batch size per device."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Gradient accumulation steps."})
+    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Batch size of the validation scoring."})
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (CPU autocast too: ~4x fp32 matmuls on recent CPUs)."})
+    dtype: Optional[str] = field(default=None, metadata={"help": "dtype the base weights load in (e.g. bfloat16 on GPUs); default float32."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory (large bases on GPUs)."})
+    balanced_sampling: bool = field(default=True, metadata={"help": "Draw training examples with probability 1/class count (WeightedRandomSampler)."})
+    group_by_length: bool = field(default=True, metadata={"help": "Batch examples of similar length (less padding)."})
+    logging_steps: int = field(default=10, metadata={"help": "Log every this many steps."})
+    save_steps: int = field(default=0, metadata={"help": "Checkpoint every this many steps under OUT/checkpoints (0: no checkpoints; needed to resume long runs)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the split, the sampler and the new weights."})
+    report_to: str = field(default="none", metadata={"help": "Trainer loggers: 'none', 'tensorboard', 'wandb', ..."})
+    fsdp: str = field(default="", metadata={"help": "FSDP options passed to TrainingArguments (prefer an accelerate FSDP config)."})
+    max_seconds: Optional[float] = field(default=None, metadata={"help": "Budget guard: stop training gracefully after this many seconds."})
+
+
+def _check(args):
+    if args.kind not in KINDS:
+        raise ValueError(f"--kind must be one of {KINDS}, got {args.kind!r}.")
+    if args.max_length < 16:
+        raise ValueError(f"--max-length must be at least 16, got {args.max_length}.")
+    for name in ("max_train_examples", "max_val_examples"):
+        value = getattr(args, name)
+        if value is not None and value < 2:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 2, got {value}.")
+
+
+def _training_arguments(args, cls=TrainingArguments, **extra):
+    """`TrainingArguments` (or TRL's `SFTConfig`) from the command's settings."""
+    on_gpu = torch.cuda.is_available()
+    return cls(
+        output_dir=str(Path(args.output_dir) / CHECKPOINTS),
+        num_train_epochs=args.num_train_epochs,
+        max_steps=args.max_steps,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_ratio,  # a float < 1 is a ratio of the total steps (transformers 5)
+        lr_scheduler_type="linear",
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        bf16=args.bf16,
+        use_cpu=not on_gpu,
+        activation_checkpointing=args.gradient_checkpointing,
+        logging_steps=args.logging_steps,
+        save_strategy="steps" if args.save_steps > 0 else "no",
+        save_steps=max(args.save_steps, 1),
+        save_total_limit=1,
+        eval_strategy="no",
+        seed=args.seed,
+        data_seed=args.seed,
+        report_to=args.report_to,
+        fsdp=args.fsdp,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        **extra,
+    )
+
+
+class TimeBudgetCallback(TrainerCallback):
+    """Stop training gracefully once `seconds` have passed (`--max-seconds`)."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.start = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.perf_counter() - self.start > self.seconds:
+            logger.warning("--max-seconds %s reached at step %d: stopping.", self.seconds, state.global_step)
+            control.should_training_stop = True
+
+
+class BalancedTrainer(BalancedSamplingMixin, Trainer):
+    """`Trainer` with class-balanced, length-grouped sampling."""
+
+
+def _load_tokenizer(path):
+    return AutoTokenizer.from_pretrained(path)
+
+
+def build_classifier(args):
+    """(model, tokenizer, train_dataset, class_labels) for `sequence_classification`."""
+    path = resolve(args.base_model)
+    tokenizer = _load_tokenizer(path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path,
+        num_labels=2,
+        id2label={0: VERDICTS[0], 1: VERDICTS[1]},
+        label2id={VERDICTS[0]: 0, VERDICTS[1]: 1},
+        ignore_mismatched_sizes=True,
+        dtype=args.dtype or "float32",
+    )
+    return model, tokenizer
+
+
+def encode_classifier_dataset(tokenizer, dataset, max_length):
+    """Pair-encode rows (`encode_pairs`, as the `sequence_classification` adapter does) with labels."""
+    encodings, _ = encode_pairs(tokenizer, guard_items(dataset), max_length)
+    columns = {key: [e[key] for e in encodings] for key in encodings[0]}
+    return Dataset.from_dict({**columns, "labels": list(dataset["label"])})
+
+
+def _adapter_options(args):
+    """Options of the guard adapter that training used (pass the same to `load_guard` when scoring)."""
+    if args.kind == "sequence_classification":
+        return {"max_length": args.max_length}
+    return {
+        "max_length": args.max_length,
+        "max_content_tokens": args.max_content_tokens,
+        "content_as_parts": args.content_as_parts,
+    }
+
+
+def build_llama_guard(args):
+    """(model, tokenizer, adapter) for `llama_guard`: the base causal LM and its guard chat template."""
+    path = resolve(args.base_model)
+    tokenizer = _load_tokenizer(path)
+    if args.chat_template == "guard":
+        tokenizer.chat_template = guard_chat_template(tokenizer, args.guard_policy)
+    elif args.chat_template != "base":
+        template = Path(args.chat_template)
+        if not template.is_file():
+            raise ValueError(f"--chat-template must be 'guard', 'base' or a .jinja file; {template} does not exist.")
+        tokenizer.chat_template = template.read_text()
+    elif tokenizer.chat_template is None:
+        raise ValueError(f"--chat-template base: {args.base_model!r} has no chat template.")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=args.dtype or "float32")
+    adapter_cls = GUARD_KINDS["llama_guard"][0]
+    adapter = adapter_cls(model, tokenizer, **_adapter_options(args))
+    return model, tokenizer, adapter
+
+
+def merge_lora(args, adapter_dir, output):
+    """Merge the trained LoRA adapter into a fresh copy of the base and save it as a plain causal LM
+    (`merge_and_unload`), so the guard loads without peft; the adapter folder is then removed."""
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(resolve(args.base_model), dtype=args.dtype or "float32")
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(output)
+    shutil.rmtree(adapter_dir)
+
+
+def encode_llama_guard_dataset(adapter, dataset, max_length):
+    """Pre-tokenized prompt/completion rows: prompt = `adapter.render(item)` tokenized exactly as the
+    adapter scores it, completion = the verdict word + EOS; `completion_mask` marks the loss tokens.
+    Rows whose prompt does not fit `max_length` are dropped. Returns (dataset, class_labels)."""
+    tokenizer = adapter.tokenizer
+    verdict_ids = [tokenizer.encode(word, add_special_tokens=False) + [tokenizer.eos_token_id] for word in adapter.verdict_words]
+    rows = {"input_ids": [], "completion_mask": []}
+    labels, dropped = [], 0
+    for item, label in zip(guard_items(dataset), dataset["label"]):
+        prompt_ids = tokenizer(adapter.render(item), add_special_tokens=False)["input_ids"]
+        completion = verdict_ids[int(label)]
+        if len(prompt_ids) + len(completion) > max_length:
+            dropped += 1
+            continue
+        rows["input_ids"].append(prompt_ids + completion)
+        rows["completion_mask"].append([0] * len(prompt_ids) + [1] * len(completion))
+        labels.append(int(label))
+    if dropped:
+        logger.warning("%d of %d rows do not fit --max-length %d and were left out.", dropped, len(labels) + dropped, max_length)
+    if not labels:
+        raise ValueError(f"No training row fits --max-length {max_length}; raise it or lower --max-content-tokens.")
+    return Dataset.from_dict(rows), labels
+
+
+def validation_metrics(guard, dataset, batch_size):
+    """F1 (threshold 0.5), AUPRC, accuracy and scoring speed of `guard` on `dataset` rows."""
+    from sklearn.metrics import accuracy_score, average_precision_score, f1_score
+
+    items, labels = guard_items(dataset), list(dataset["label"])
+    start = time.perf_counter()
+    scores = guard.score(items, batch_size=batch_size, show_progress=True)
+    seconds = time.perf_counter() - start
+    preds = [int(s > 0.5) for s in scores]
+    return {
+        "n": len(items),
+        "f1": float(f1_score(labels, preds, zero_division=0)),
+        "auprc": float(average_precision_score(labels, scores)),
+        "accuracy": float(accuracy_score(labels, preds)),
+        "mean_p_unsafe_label1": float(sum(s for s, y in zip(scores, labels) if y) / max(sum(labels), 1)),
+        "mean_p_unsafe_label0": float(sum(s for s, y in zip(scores, labels) if not y) / max(len(labels) - sum(labels), 1)),
+        "scoring_examples_per_second": len(items) / seconds,
+    }
+
+
+def _train(trainer, args):
+    checkpoint = None
+    checkpoints = Path(args.output_dir) / CHECKPOINTS
+    if checkpoints.is_dir():
+        checkpoint = get_last_checkpoint(str(checkpoints))
+        if checkpoint:
+            logger.info("Resuming from %s", checkpoint)
+    if args.max_seconds:
+        trainer.add_callback(TimeBudgetCallback(args.max_seconds))
+    return trainer.train(resume_from_checkpoint=checkpoint)
+
+
+def train_guard(args: TrainGuardArguments):
+    """Train and save the guard; returns the output folder. A finished folder is left as is."""
+    _check(args)
+    output = Path(args.output_dir)
+    if (output / INFO_FILE).exists() and not args.overwrite:
+        logger.info("%s already holds a trained guard (%s); skipping (--overwrite to retrain).", output, INFO_FILE)
+        return output
+    if args.overwrite and (output / INFO_FILE).exists():
+        shutil.rmtree(output)
+    set_seed(args.seed)
+    train, val = guard_splits(args.seed_pool, args.val_size, args.seed, args.max_train_examples, args.max_val_examples)
+    logger.info("Training on %d rows (%d unsafe), validating on %d.", len(train), sum(train["label"]), len(val))
+
+    if args.kind == "sequence_classification":
+        model, tokenizer = build_classifier(args)
+        train_ds = encode_classifier_dataset(tokenizer, train, args.max_length)
+        class_labels = list(train["label"])
+        trainer = BalancedTrainer(
+            model=model,
+            args=_training_arguments(args),
+            train_dataset=train_ds,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            processing_class=tokenizer,
+            class_labels=class_labels,
+            balanced=args.balanced_sampling,
+            group_by_length=args.group_by_length,
+        )
+    else:
+        from peft import LoraConfig
+        from trl import SFTConfig, SFTTrainer
+
+        class BalancedSFTTrainer(BalancedSamplingMixin, SFTTrainer):
+            """TRL `SFTTrainer` with class-balanced, length-grouped sampling."""
+
+        model, tokenizer, adapter = build_llama_guard(args)
+        train_ds, class_labels = encode_llama_guard_dataset(adapter, train, args.max_length)
+        targets = args.lora_target_modules
+        peft_config = LoraConfig(
+            r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+            task_type="CAUSAL_LM",
+        )
+        sft_args = _training_arguments(
+            args, SFTConfig, completion_only_loss=True, max_length=args.max_length, packing=False
+        )
+        trainer = BalancedSFTTrainer(
+            model=model,
+            args=sft_args,
+            train_dataset=train_ds,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            class_labels=class_labels,
+            balanced=args.balanced_sampling,
+            group_by_length=args.group_by_length,
+        )
+
+    start, start_cpu = time.perf_counter(), time.process_time()
+    result = _train(trainer, args)
+    train_seconds, train_cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
+    if args.kind == "llama_guard":
+        trainer.save_model(str(output / ADAPTER_DIR))  # every rank: FSDP gathers the LoRA weights
+    else:
+        tokenizer.model_max_length = args.max_length  # the adapter scores at the trained length by default
+        trainer.save_model(str(output))  # model + tokenizer (processing_class)
+    if not trainer.is_world_process_zero():
+        trainer.accelerator.wait_for_everyone()
+        return output
+    if args.kind == "llama_guard":
+        merge_lora(args, output / ADAPTER_DIR, output)
+        tokenizer.save_pretrained(output)  # ships the guard chat template
+
+    seen = result.global_step * trainer.args.train_batch_size * args.gradient_accumulation_steps * trainer.args.world_size
+    guard = load_guard(str(output), args.kind, **_adapter_options(args))
+    val_metrics = validation_metrics(guard, val, args.per_device_eval_batch_size)
+    info = {
+        "kind": args.kind,
+        "base_model": args.base_model,
+        "seed_pool": args.seed_pool,
+        "train_examples": len(train_ds),
+        "train_unsafe": int(sum(class_labels)),
+        "val_examples": len(val),
+        "train_seconds": round(train_seconds, 1),
+        "train_cpu_seconds": round(train_cpu_seconds, 1),  # all threads: compare runs on a shared machine
+        "torch_threads": torch.get_num_threads(),
+        "train_examples_seen": seen,
+        "train_examples_per_second": round(seen / train_seconds, 3),
+        "train_loss": result.metrics.get("train_loss"),
+        "global_steps": result.global_step,
+        "adapter_options": _adapter_options(args),
+        "val": val_metrics,
+        "arguments": asdict(args),
+    }
+    shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)
+    (output / "training_args.bin").unlink(missing_ok=True)  # Trainer pickles its args; the folder holds no pickle
+    (output / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    trainer.accelerator.wait_for_everyone()
+    return output
+
+
+def main(argv=None):
+    args = parse_args([TrainGuardArguments], argv, section="train_guard")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = train_guard(args)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    info = json.loads((out / INFO_FILE).read_text()) if (out / INFO_FILE).exists() else {}
+    print(f"Guard ({args.kind}) in {out}: val {info.get('val')}")
+    print(f'  from modeling_saferoute.guards import load_guard\n  guard = load_guard("{out}", "{args.kind}")')
+
+
+if __name__ == "__main__":
+    main()
