@@ -14,7 +14,7 @@ upstream data and maps it with the `*_to_schema` functions below (tested offline
 files of `$SAFEROUTE_DATA_DIR/raw/`). `subsample` draws a seeded, label-stratified subset.
 """
 
-from datasets import ClassLabel, Dataset, load_dataset
+from datasets import ClassLabel, load_dataset
 
 from .schema import FEATURES, data_dir, make_id
 

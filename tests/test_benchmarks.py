@@ -1,7 +1,6 @@
 """The six benchmarks: offline files, upstream-layout mappings (checked on the raw upstream files),
 and the stratified subsample."""
 
-import gzip
 import json
 import re
 from collections import Counter

@@ -1,7 +1,6 @@
 """A real browser (Debian's chromium via Playwright) drives the Gradio Space on localhost."""
 
 import os
-import shutil
 import socket
 import subprocess
 import sys

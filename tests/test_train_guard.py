@@ -11,7 +11,8 @@ import torch
 from dataset_builders.schema import guard_items, make_id
 from modeling_saferoute.guards import load_guard
 from training.config import parse_args
-from training.guard_data import BalancedLengthGroupedSampler, guard_chat_template
+from training.guard_data import guard_chat_template
+from training.sampling import BalancedLengthGroupedSampler
 from training.train_guard import TrainGuardArguments, encode_llama_guard_dataset, main, train_guard
 
 RECIPES = Path(__file__).resolve().parents[1] / "training" / "recipes"

@@ -27,13 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from datasets import load_dataset
-from torch.utils.data import Sampler
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
     Trainer,
-    TrainerCallback,
     TrainingArguments,
 )
 
@@ -43,6 +41,7 @@ from modeling_saferoute.configuration_saferoute import LABELS
 from modeling_saferoute.inputs import encode_pairs
 
 from .config import parse_args
+from .sampling import BalancedLengthGroupedSampler, TimeBudgetCallback
 
 logger = logging.getLogger(__name__)
 
@@ -163,34 +162,6 @@ def training_rows(corpus, args, holdout):
     return pool, rows
 
 
-class BalancedLengthGroupedSampler(Sampler):
-    """WeightedRandomSampler with weight 1/class count, optionally grouped by length in mega-batches.
-
-    A fixed-seed generator keeps every process of a distributed run on the same index stream (the
-    Accelerate batch sharding then splits it).
-    """
-
-    def __init__(self, labels, lengths=None, group_size=None, seed=0, num_samples=None):
-        labels = torch.as_tensor(labels)
-        counts = torch.bincount(labels, minlength=2).float()
-        self.weights = (1.0 / counts.clamp(min=1))[labels].double()
-        self.lengths = lengths
-        self.group_size = group_size
-        self.num_samples = num_samples or len(labels)
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self):
-        return self.num_samples
-
-    def __iter__(self):
-        idx = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=self.generator).tolist()
-        if self.lengths is None or not self.group_size:
-            return iter(idx)
-        mega = self.group_size * 50
-        groups = [sorted(idx[i : i + mega], key=lambda j: -self.lengths[j]) for i in range(0, len(idx), mega)]
-        return iter([j for g in groups for j in g])
-
-
 def harmaug_loss(logits, labels, soft=None):
     """0.5 * (CE(logits, labels) + KL([1 - soft, soft] || softmax(logits))); plain CE when `soft` is None."""
     logits = logits.float()
@@ -227,26 +198,9 @@ class DistillTrainer(Trainer):
         return BalancedLengthGroupedSampler(
             train_dataset["labels"],
             lengths=train_dataset["length"] if grouped else None,
-            group_size=self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size,
+            batch_size=self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size,
             seed=self.args.seed,
         )
-
-
-class TimeBudgetCallback(TrainerCallback):
-    """Stop training after `max_seconds`, evaluating and saving the last step first."""
-
-    def __init__(self, max_seconds):
-        self.max_seconds = max_seconds
-        self.start = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.time()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if time.time() - self.start > self.max_seconds:
-            logger.warning("Time budget of %ss reached at step %d: stopping.", self.max_seconds, state.global_step)
-            control.should_training_stop = control.should_evaluate = control.should_save = True
-        return control
 
 
 def compute_metrics(eval_pred):

@@ -4,9 +4,6 @@ class-balanced, length-grouped training sampler."""
 import json
 import logging
 
-import torch
-from torch.utils.data import Sampler, WeightedRandomSampler
-from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from dataset_builders.seed_pool import load_seed_pool, stratified_split
 
@@ -76,69 +73,3 @@ def guard_splits(seed_pool="offline", val_size=0.1, seed=0, max_train_examples=N
     return stratified_subsample(train, max_train_examples, seed), stratified_subsample(val, max_val_examples, seed)
 
 
-def balanced_weights(labels):
-    """Per-example sampling weight 1 / (count of its class)."""
-    labels = torch.as_tensor(list(labels))
-    counts = torch.bincount(labels).double()
-    return (1.0 / counts)[labels]
-
-
-class BalancedLengthGroupedSampler(Sampler):
-    """Class-balanced draws (`WeightedRandomSampler`, weight 1/class count, with replacement), then
-    ordered like transformers' `LengthGroupedSampler` so that each batch holds similar lengths.
-
-    One epoch draws `len(labels)` indices; `balanced=False` draws a plain permutation instead.
-    """
-
-    def __init__(self, labels, lengths, batch_size, seed=0, balanced=True, group_by_length=True):
-        if len(labels) != len(lengths):
-            raise ValueError(f"{len(labels)} labels but {len(lengths)} lengths.")
-        self.weights = balanced_weights(labels)
-        self.lengths = list(lengths)
-        self.batch_size = batch_size
-        self.balanced = balanced
-        self.group_by_length = group_by_length
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self):
-        return len(self.lengths)
-
-    def __iter__(self):
-        n = len(self.lengths)
-        if self.balanced:
-            drawn = list(WeightedRandomSampler(self.weights, n, replacement=True, generator=self.generator))
-        else:
-            drawn = torch.randperm(n, generator=self.generator).tolist()
-        if not self.group_by_length:
-            return iter(drawn)
-        order = get_length_grouped_indices([self.lengths[i] for i in drawn], self.batch_size, generator=self.generator)
-        return iter([drawn[j] for j in order])
-
-
-class BalancedSamplingMixin:
-    """Trainer mixin: the training sampler is `BalancedLengthGroupedSampler` over `class_labels`."""
-
-    def __init__(self, *args, class_labels=None, balanced=True, group_by_length=True, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.class_labels = class_labels
-        self.balanced = balanced
-        self.group_by_length = group_by_length
-
-    def _get_train_sampler(self, train_dataset=None):
-        dataset = self.train_dataset if train_dataset is None else train_dataset
-        if self.class_labels is None:
-            return super()._get_train_sampler(train_dataset)
-        lengths = [len(ids) for ids in dataset["input_ids"]]
-        if len(lengths) != len(self.class_labels):
-            raise ValueError(
-                f"The prepared training set has {len(lengths)} rows but {len(self.class_labels)} class labels "
-                "were given: rows were added or dropped after encoding."
-            )
-        return BalancedLengthGroupedSampler(
-            self.class_labels,
-            lengths,
-            self.args.train_batch_size * self.args.gradient_accumulation_steps,
-            seed=self.args.seed,
-            balanced=self.balanced,
-            group_by_length=self.group_by_length,
-        )

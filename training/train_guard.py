@@ -34,7 +34,6 @@ from transformers import (
     AutoTokenizer,
     DataCollatorWithPadding,
     Trainer,
-    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -46,7 +45,8 @@ from modeling_saferoute.guards import GUARD_KINDS, load_guard
 from modeling_saferoute.inputs import encode_pairs
 
 from .config import parse_args
-from .guard_data import DEFAULT_POLICY, BalancedSamplingMixin, guard_chat_template, guard_splits
+from .guard_data import DEFAULT_POLICY, guard_chat_template, guard_splits
+from .sampling import BalancedSamplingMixin, TimeBudgetCallback
 
 logger = logging.getLogger(__name__)
 
@@ -137,22 +137,6 @@ def _training_arguments(args, cls=TrainingArguments, **extra):
         disable_tqdm=False,
         **extra,
     )
-
-
-class TimeBudgetCallback(TrainerCallback):
-    """Stop training gracefully once `seconds` have passed (`--max-seconds`)."""
-
-    def __init__(self, seconds):
-        self.seconds = seconds
-        self.start = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if time.perf_counter() - self.start > self.seconds:
-            logger.warning("--max-seconds %s reached at step %d: stopping.", self.seconds, state.global_step)
-            control.should_training_stop = True
 
 
 class BalancedTrainer(BalancedSamplingMixin, Trainer):
