@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from modeling_saferoute import SafeRouteForSequenceClassification
+from modeling_saferoute import SafeRouteConfig, SafeRouteForSequenceClassification
 from modeling_saferoute.modeling_saferoute import input_length_limit
 from modeling_saferoute.inputs import encode_pairs, length_sorted_batches, normalize_input
 
@@ -71,7 +71,7 @@ class OnnxSafeRoute:
 
     def __init__(self, onnx_path, threads=None):
         import onnxruntime as ort
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoTokenizer
 
         folder = Path(onnx_path).parent
         options = ort.SessionOptions()
@@ -79,8 +79,7 @@ class OnnxSafeRoute:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-        self.max_length = input_length_limit(config)
+        self.max_length = input_length_limit(SafeRouteConfig.from_pretrained(folder))
 
     def score(self, inputs, batch_size=32):
         """(student_unsafe_score, router_score) arrays, in input order."""
