@@ -81,12 +81,11 @@ class SafeRoutePipeline(Pipeline):
         }
 
     def postprocess(self, model_outputs, threshold=None, router_threshold=None, route="auto"):
-        """Turn student scores into results, sending the routed inputs to the large guard."""
+        """Turn per-input student scores (lists) into results, sending the routed inputs to the large guard."""
         config = self.model.config
         threshold = config.threshold if threshold is None else threshold
         router_threshold = config.router_threshold if router_threshold is None else router_threshold
-        student = model_outputs["student_unsafe_score"].tolist()
-        router = model_outputs["router_score"].tolist()
+        student, router = model_outputs["student_unsafe_score"], model_outputs["router_score"]
         if route == "auto":
             routed = [r > router_threshold for r in router]
         else:
@@ -124,15 +123,14 @@ class SafeRoutePipeline(Pipeline):
         post_params = {**self._postprocess_params, **post_params}
         batch_size = batch_size or self._batch_size or DEFAULT_BATCH_SIZE
         lengths = [len(it["prompt"]) + len(it["response"] or "") for it in items]
-        merged = {"student_unsafe_score": [0.0] * len(items), "router_score": [0.0] * len(items)}
-        merged["truncated"] = [False] * len(items)
+        # Per-input lists in input order; each batch's forward fills its own positions.
+        model_outputs = {key: [None] * len(items) for key in ("student_unsafe_score", "router_score", "truncated")}
         for batch in length_sorted_batches(lengths, batch_size):
             out = self.forward(self.preprocess([items[i] for i in batch]), **forward_params)
-            for key in merged:
+            for key, column in model_outputs.items():
                 values = out[key].tolist() if torch.is_tensor(out[key]) else out[key]
                 for i, v in zip(batch, values):
-                    merged[key][i] = v
-        model_outputs = {key: torch.tensor(v) if key != "truncated" else v for key, v in merged.items()}
+                    column[i] = v
         model_outputs["items"] = items
         results = self.postprocess(model_outputs, **post_params)
         return results[0] if single else results
