@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from datasets import load_dataset
+from datasets import Dataset, load_dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tiny_corpus import build_tiny_corpus
@@ -20,6 +20,7 @@ from training.distill import (
     prepare,
 )
 from training.config import parse_args
+from training.guard_data import guard_training_ids, write_training_ids
 
 # lr 3e-3 at batch 32: the loss falls for every seed tried (0-4); 1e-2 at batch 16 stalled for some
 FAST = ["--max_steps", "60", "--learning_rate", "3e-3", "--warmup_steps", "0", "--per_device_train_batch_size", "32",
@@ -86,13 +87,32 @@ def test_ablations_share_the_budget_and_differ_in_rows(corpus_dir):
     assert plans["full"][0] == plans["human"][0] and len(holdout) == math.ceil(96 * 0.2)
     assert all(by_id[i]["origin"] == "seed" for i in holdout)
     assert sum(by_id[i]["human_label"] for i in holdout) in (9, 10)  # stratified: half unsafe
-    for name, (_, rows, _, train_idx, val_idx) in plans.items():
+    for name, (_, rows, _, train_idx, val_idx, teacher_unseen) in plans.items():
+        assert not teacher_unseen  # the tiny card's teacher records no training ids
         assert not holdout & set(rows["id"])
         assert sorted(train_idx + val_idx) == list(range(len(rows)))
         origins = set(rows["origin"])
         assert origins == ({"seed", "synthetic"} if name == "full" else {"seed"})
         key = "human_label" if name == "human" else "label"
         assert rows["target"] == [by_id[i][key] for i in rows["id"]]
+
+
+def test_router_holdout_avoids_the_rows_the_teacher_trained_on(tmp_path):
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    corpus_dir = build_tiny_corpus(tmp_path / "corpus", teacher=str(teacher), teacher_kind="sequence_classification")
+    corpus = load_corpus(str(corpus_dir))
+    seed_ids = [r["id"] for r in corpus if r["origin"] == "seed"]
+    trained = seed_ids[: len(seed_ids) * 3 // 4]  # the teacher trained on 72 of the 96 seed rows
+    write_training_ids(teacher, "offline", Dataset.from_dict({"id": trained}), Dataset.from_dict({"id": seed_ids[-5:]}))
+    assert guard_training_ids(str(teacher)) == set(trained)
+
+    holdout, rows, _, _, _, teacher_unseen = prepare(config("--corpus", str(corpus_dir), "--router_holdout", "0.1"))
+    assert teacher_unseen and len(holdout) == math.ceil(96 * 0.1) and not set(holdout) & set(trained)
+    assert not set(holdout) & set(rows["id"])
+    # more wanted than the teacher left unseen: all 24 unseen rows
+    holdout, *_ = prepare(config("--corpus", str(corpus_dir), "--router_holdout", "0.5"))
+    assert sorted(holdout) == sorted(set(seed_ids) - set(trained))
 
 
 def test_distill_kd_trains_and_writes_a_student(corpus_dir, tiny_student_dir, tmp_path):

@@ -11,7 +11,7 @@ import torch
 from dataset_builders.schema import guard_items, make_id
 from modeling_saferoute.guards import load_guard
 from training.config import parse_args
-from training.guard_data import guard_chat_template
+from training.guard_data import guard_chat_template, guard_training_ids
 from training.sampling import BalancedLengthGroupedSampler
 from training.train_guard import TrainGuardArguments, encode_llama_guard_dataset, main, train_guard
 
@@ -108,6 +108,10 @@ def test_train_sequence_classification_guard(tmp_path, tiny_student_dir, toy_poo
     info = json.loads((out / "training_info.json").read_text())
     assert info["kind"] == "sequence_classification" and info["global_steps"] == 60
     assert info["train_examples"] + info["val_examples"] == len(rows)
+    trained = guard_training_ids(str(out))  # the record later steps use to keep these rows from the router
+    recorded = json.loads((out / "training_ids.json").read_text())
+    assert len(trained) == info["train_examples"] and not trained & set(recorded["validation_ids"])
+    assert trained | set(recorded["validation_ids"]) == {r["id"] for r in rows}
     guard = load_guard(str(out), "sequence_classification")
     after = _gap(guard, rows)
     assert after > before + 0.3, (before, after)

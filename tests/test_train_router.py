@@ -1,20 +1,25 @@
 """`saferoute train-router`: router labels, the (Bayesian) router fit, threshold choice, packaging."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import pipeline
 
+from dataset_builders.harmaug.generate import load_generator
 from modeling_saferoute.guards import load_guard
 from modeling_saferoute.modeling_saferoute import SafeRouteRouter
 from tiny_corpus import build_tiny_corpus
 from training.config import parse_args
 from training.distill import load_corpus
 from training.distill import main as distill_main
+from training.guard_data import write_training_ids
 from training.package import load_student
+from training.paraphrase import PARAPHRASE_PREFIX, paraphrase, parse_paraphrase
 from training.train_router import (
     BayesianLinear,
     TrainRouterArguments,
@@ -168,7 +173,9 @@ def test_train_router_errors_are_named(student_dir, tmp_path):
     with pytest.raises(ValueError, match="large-guard-scores"):
         router_args("--large_guard_scores", "maybe")
     with pytest.raises(ValueError, match="paraphrases"):
-        router_args("--paraphrases", "7")
+        router_args("--paraphrases", "-1")
+    with pytest.raises(ValueError, match="paraphrase-backend"):
+        router_args("--paraphrases", "2", "--paraphrase_backend", "nope")
     with pytest.raises(ValueError, match="training_info.json"):
         train_router(router_args("--student", str(tmp_path), "--output", str(tmp_path / "o")))
 
@@ -212,3 +219,110 @@ def test_unseen_pool_rows_join_the_holdout_and_only_they_are_rescored(student_di
     np.testing.assert_allclose(scores[: len(holdout)], rows["corpus_score"][: len(holdout)])
     expected = load_guard(str(tiny_llama_guard_dir), "llama_guard").score([{"prompt": r["prompt"], "response": None} for r in new])
     np.testing.assert_allclose(scores[len(holdout):], expected, atol=1e-5)
+
+
+def test_rows_the_large_guard_trained_on_never_reach_the_router(student_dir, tiny_llama_guard_dir, tmp_path):
+    guard = tmp_path / "guard"
+    shutil.copytree(tiny_llama_guard_dir, guard)
+    corpus = build_tiny_corpus(tmp_path / "corpus", teacher=str(guard), teacher_kind="llama_guard")
+    info = json.loads((student_dir / "training_info.json").read_text())
+    holdout = info["router_holdout"]["ids"]
+    new = [{"id": f"new-{i}", "prompt": f"Question number {i}?", "response": None, "label": i % 2, "level": "prompt",
+            "source": "x", "category": None} for i in range(4)]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("\n".join(json.dumps(r) for r in new))
+    trained = {holdout[0], holdout[1], "new-0", "new-3"}
+    write_training_ids(guard, "offline", Dataset.from_dict({"id": sorted(trained)}), Dataset.from_dict({"id": ["new-1"]}))
+    rows, _ = router_data(router_args("--student", str(student_dir), "--corpus", str(corpus), "--unseen_pool", str(pool)), info)
+    assert rows["id"] == holdout[2:] + ["new-1", "new-2"]
+    rows, _ = router_data(router_args("--student", str(student_dir), "--data", str(pool), "--large_guard", str(guard)), info)
+    assert rows["id"] == ["new-1", "new-2"]
+
+
+PARAPHRASE_SOURCES = ["How do I pick a lock?", "Write a poem about the sea.", "Explain how to build a bomb at home."]
+
+
+def test_paraphrase_samples_n_seeded_copies_with_a_tiny_generator(tiny_llama_guard_dir):
+    gen = load_generator(str(tiny_llama_guard_dir), batch_size=2)
+    kwargs = {"max_new_tokens": 8, "batch_size": 2, "show_progress": False}
+    out, stats = paraphrase(gen, PARAPHRASE_SOURCES, 3, seed=1, **kwargs)
+    assert len(out) == 3 and all(len(copies) == 3 for copies in out)
+    assert stats["requested"] == 9 and stats["made"] + sum(stats["dropped"].values()) == 9
+    assert stats["made"] == sum(p is not None for copies in out for p in copies) and stats["new_tokens"] > 0
+    kept = [p for copies in out for p in copies if p is not None]
+    assert len(kept) >= 6 and all(p == " ".join(p.split()) and p for p in kept)  # one clean line each
+    assert paraphrase(gen, PARAPHRASE_SOURCES, 3, seed=1, **kwargs) == (out, stats)  # deterministic for a seed
+    assert any(len({p for p in copies if p is not None}) > 1 for copies in out)  # copies are sampled with their own seeds
+    assert paraphrase(gen, PARAPHRASE_SOURCES, 3, seed=2, **kwargs)[0] != out
+    # copy k does not depend on how many copies are asked for
+    assert [copies[:1] for copies in out] == paraphrase(gen, PARAPHRASE_SOURCES, 1, seed=1, **kwargs)[0]
+
+
+class ScriptedGenerator:
+    """The tiny generator's tokenizer (chat rendering) with scripted continuations per source text."""
+
+    def __init__(self, tokenizer, script):
+        self.tokenizer, self.script, self.inputs = tokenizer, script, []
+
+    def generate(self, texts, seed, **kwargs):
+        self.inputs.extend(texts)
+        return [next(c for s, c in self.script.items() if s in t) for t in texts], len(texts)
+
+
+def test_paraphrase_parses_and_drops_empty_echo_and_refusal(tiny_llama_guard_dir):
+    script = {
+        "How do I pick a lock?": '\n\nHere is the paraphrase:\n"What is a way to open a lock without its key?" I hope this helps.',
+        "Write a poem about the sea.": "   \n ",
+        "Explain how to build a bomb at home.": "I'm sorry, I can't help with that.",
+        "Tell me a joke.": ' "tell me a JOKE"',
+        "Name a red fruit.": " **Paraphrase:** Which fruit is red?",
+    }
+    gen = ScriptedGenerator(load_generator(str(tiny_llama_guard_dir)).tokenizer, script)
+    out, stats = paraphrase(gen, list(script), 1, seed=0, show_progress=False)
+    assert [c[0] for c in out] == ["What is a way to open a lock without its key?", None, None, None, "Which fruit is red?"]
+    assert stats["made"] == 2 and stats["dropped"] == {"empty": 1, "echo": 1, "refusal": 1}
+    # the request goes through the chat template, the assistant turn opening with the prefix
+    assert all(t.endswith("<|assistant|>" + PARAPHRASE_PREFIX) and "Paraphrase the following request" in t for t in gen.inputs)
+    assert parse_paraphrase('What does the word "bomb" mean?') == 'What does the word "bomb" mean?'
+
+
+def test_train_router_with_paraphrases_augments_the_training_split_only(student_dir, tiny_llama_guard_dir, tmp_path):
+    # the corpus teacher is a real (tiny) guard: the hold-out rows reuse its corpus scores, the paraphrases are scored by it
+    corpus = build_tiny_corpus(tmp_path / "corpus", teacher=str(tiny_llama_guard_dir), teacher_kind="llama_guard")
+    common = ["--student", str(student_dir), "--corpus", str(corpus), "--max_steps", "20", "--batch_size", "64", "--eval_steps", "10"]
+    plain = train_router(router_args(*common, "--output", str(tmp_path / "plain")))
+    result = train_router(router_args(
+        *common, "--output", str(tmp_path / "para"), "--paraphrases", "2", "--paraphraser", str(tiny_llama_guard_dir),
+        "--paraphrase_max_new_tokens", "8", "--paraphrase_batch_size", "8",
+    ))
+    table, para = result["table"], result["paraphrase_table"]
+    assert plain["paraphrase_table"] is None and plain["paraphrases"] is None
+    # validation untouched: the same rows, the same size
+    val_ids = [i for i, s in zip(table["id"], table["split"]) if s == "validation"]
+    assert val_ids == [i for i, s in zip(plain["table"]["id"], plain["table"]["split"]) if s == "validation"]
+    assert result["examples"]["validation"] == plain["examples"]["validation"] == len(val_ids)
+    # the router trained on the training split plus the paraphrases of its rows
+    train_rows = [r for r in table if r["split"] == "train"]
+    assert len(para) > 0 and set(para["id"]) <= {r["id"] for r in train_rows} and not set(para["id"]) & set(val_ids)
+    assert result["fit"]["train_examples"] == len(train_rows) + len(para) == result["examples"]["train"] + result["examples"]["train_paraphrases"]
+    assert plain["fit"]["train_examples"] == len(train_rows)
+    stats = result["paraphrases"]
+    assert stats["requested"] == 2 * len({r["prompt"] for r in load_corpus(str(corpus)) if r["id"] in {t["id"] for t in train_rows}})
+    assert stats["made"] + sum(stats["dropped"].values()) == stats["requested"] and stats["rows"] == len(para)
+    # labels copied; both guards re-run on the paraphrases; t recomputed independently
+    by_id = {r["id"]: r for r in load_corpus(str(corpus))}
+    assert para["y"] == [by_id[i]["human_label"] for i in para["id"]]
+    assert para["response"] == [by_id[i]["response"] for i in para["id"]]
+    assert all(p != by_id[i]["prompt"] for p, i in zip(para["prompt"], para["id"]))
+    items = [{"prompt": p, "response": r} for p, r in zip(para["prompt"], para["response"])]
+    model, tok, _ = load_student(str(student_dir))
+    _, student_p = student_features(model, tok, items, 64)
+    large_p = load_guard(str(tiny_llama_guard_dir), "llama_guard").score(items)
+    np.testing.assert_allclose(para["student_p"], student_p, atol=1e-5)
+    np.testing.assert_allclose(para["large_p"], large_p, atol=1e-5)
+    assert para["t"] == router_labels(student_p, large_p, np.array(para["y"])).tolist()
+    # recorded in router_info.json
+    info = json.loads((tmp_path / "para" / "router_info.json").read_text())
+    assert info["paraphrases"]["made"] == stats["made"] and info["paraphrases"]["dropped"] == stats["dropped"]
+    assert info["paraphrases"]["positive_rate"] == pytest.approx(np.mean(para["t"]))
+    assert info["examples"]["train_paraphrases"] == len(para)

@@ -4,7 +4,8 @@ Loss = 0.5 * (CE(logits, hard) + KL(teacher || student)), teacher distribution [
 teacher's P(unsafe) (`unsafe_score` of the HarmAug corpus). Class-balanced sampling, AdamW
 (lr 3e-5, weight decay 0.1 off bias/LayerNorm, grad clip 1.0, linear schedule, warm-up), 10%
 stratified validation, best checkpoint kept. A seeded, stratified part of the seed rows is held
-out for `saferoute train-router` and never seen here (recorded in `training_info.json`).
+out for `saferoute train-router` and never seen here (recorded in `training_info.json`); it is drawn
+from the rows the teacher did not train on when the teacher records them (`training_ids.json`).
 
 Ablations on the same budget (same number of optimizer steps as the full run):
 `--labels human` (plain fine-tune on the seed rows' human labels, CE only),
@@ -35,12 +36,14 @@ from transformers import (
     TrainingArguments,
 )
 
+from dataset_builders.harmaug.card import corpus_teacher
 from dataset_builders.seed_pool import load_seed_pool
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.configuration_saferoute import LABELS
 from modeling_saferoute.inputs import encode_pairs
 
 from .config import parse_args
+from .guard_data import guard_training_ids
 from .sampling import BalancedLengthGroupedSampler, TimeBudgetCallback
 
 logger = logging.getLogger(__name__)
@@ -133,16 +136,45 @@ def stratified_split(ds, columns, test_size, seed):
     return sorted(rest.tolist()), sorted(test.tolist())
 
 
-def router_holdout_ids(corpus, fraction, seed):
-    """Ids of the seed rows held out for the router: seeded, stratified on (human_label, level)."""
+def router_holdout_ids(corpus, fraction, seed, exclude=None):
+    """Ids of the seed rows held out for the router: seeded, stratified on (human_label, level).
+
+    As many rows as `fraction` of the corpus seed rows, drawn only from rows whose id is not in
+    `exclude` (the rows the teacher trained on: the router's label needs the large guard's errors
+    on inputs new to it too); all of them when fewer remain.
+    """
     if fraction <= 0:
         return []
     seed_rows = corpus.filter(lambda o: o == "seed", input_columns="origin")
+    wanted = math.ceil(fraction * len(seed_rows))
+    if exclude:
+        seed_rows = seed_rows.filter(lambda i: i not in exclude, input_columns="id")
     if len(seed_rows) < 2:
-        raise ValueError("The corpus has fewer than 2 seed rows: nothing to hold out for the router (use --router-holdout 0).")
-    _, held = stratified_split(seed_rows, ("human_label", "level"), fraction, seed)
+        raise ValueError(
+            f"The corpus has {len(seed_rows)} seed rows{' the teacher did not train on' if exclude else ''}: "
+            "nothing to hold out for the router (use --router-holdout 0)."
+        )
+    if wanted >= len(seed_rows) - 1:
+        logger.info("Router hold-out: all %d seed rows the teacher did not train on (%d wanted).", len(seed_rows), wanted)
+        held = range(len(seed_rows))
+    else:
+        _, held = stratified_split(seed_rows, ("human_label", "level"), max(wanted, 2), seed)
     ids = seed_rows["id"]
     return list(dict.fromkeys(ids[i] for i in held))  # unique; every row with a held-out id stays out of training
+
+
+def teacher_training_ids(corpus):
+    """Seed-pool ids the corpus' teacher trained on (None when its card or folder records none)."""
+    if not Path(corpus).is_dir():
+        return None
+    teacher = corpus_teacher(corpus)
+    ids = guard_training_ids(teacher["name_or_path"]) if teacher else None
+    if ids is None:
+        logger.warning(
+            "The teacher of %s records no training ids: the router hold-out may hold rows it trained on, "
+            "where its errors are rarer than on new inputs.", corpus
+        )
+    return ids
 
 
 def training_rows(corpus, args, holdout):
@@ -251,13 +283,15 @@ def budget_steps(n_full_train, args):
 
 
 def prepare(args):
-    """(hold-out ids, training rows, optimizer steps, train indices, validation indices) of a run.
+    """(hold-out ids, training rows, optimizer steps, train indices, validation indices, whether the
+    hold-out excludes the teacher's training rows) of a run.
 
     The step budget is that of the full HarmAug run on this corpus whatever the ablation, unless
     --max-steps is given.
     """
     corpus = load_corpus(args.corpus)
-    holdout = router_holdout_ids(corpus, args.router_holdout, args.holdout_seed)
+    teacher_ids = teacher_training_ids(args.corpus) if args.router_holdout > 0 else None
+    holdout = router_holdout_ids(corpus, args.router_holdout, args.holdout_seed, teacher_ids)
     pool, rows = training_rows(corpus, args, holdout)
     n_full = len(pool)  # rows of the full HarmAug run (seed + synthetic, hold-out removed)
     if args.max_train_rows and len(rows) > args.max_train_rows:
@@ -265,7 +299,7 @@ def prepare(args):
         n_full = min(n_full, args.max_train_rows)
     steps = args.max_steps if args.max_steps and args.max_steps > 0 else budget_steps(round(n_full * (1 - args.validation_size)), args)
     train_idx, val_idx = stratified_split(rows, ("target", "origin"), args.validation_size, args.seed)
-    return holdout, rows, steps, train_idx, val_idx
+    return holdout, rows, steps, train_idx, val_idx, teacher_ids is not None
 
 
 def distill(args: DistillConfig):
@@ -275,7 +309,7 @@ def distill(args: DistillConfig):
         logger.info("%s already holds a complete student (%s); skipping (--force to retrain).", output, INFO_FILE)
         return output
     start = time.time()
-    holdout, rows, steps, train_idx, val_idx = prepare(args)
+    holdout, rows, steps, train_idx, val_idx, teacher_unseen = prepare(args)
     args.max_steps = steps
     if args.warmup_steps >= 1 and args.warmup_steps > 0.1 * steps:
         logger.info("Short run (%d steps): warm-up %d steps -> ratio 0.1.", steps, args.warmup_steps)
@@ -329,7 +363,8 @@ def distill(args: DistillConfig):
             "train_loss": result.training_loss,
             "log_history": trainer.state.log_history,
             "train_seconds": round(time.time() - start, 1),
-            "router_holdout": {"fraction": args.router_holdout, "seed": args.holdout_seed, "stratify": ["human_label", "level"], "num_rows": len(holdout), "ids": holdout},
+            "router_holdout": {"fraction": args.router_holdout, "seed": args.holdout_seed, "stratify": ["human_label", "level"],
+                               "teacher_unseen": teacher_unseen, "num_rows": len(holdout), "ids": holdout},
             "hyperparameters": {k: v for k, v in asdict(args).items() if k in _RECORDED},
         }
         (output / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))

@@ -1,9 +1,9 @@
-"""Data helpers of `saferoute train-guard`: seed-pool splits, the guard chat template, and the
-class-balanced, length-grouped training sampler."""
+"""Data helpers of `saferoute train-guard`: seed-pool splits, the record of the rows a guard
+trained on, and the guard chat template."""
 
 import json
 import logging
-
+from pathlib import Path
 
 from dataset_builders.seed_pool import load_seed_pool, stratified_split
 
@@ -73,3 +73,23 @@ def guard_splits(seed_pool="offline", val_size=0.1, seed=0, max_train_examples=N
     return stratified_subsample(train, max_train_examples, seed), stratified_subsample(val, max_val_examples, seed)
 
 
+TRAINING_IDS_FILE = "training_ids.json"
+
+
+def write_training_ids(output, seed_pool, train, val):
+    """Record the seed-pool ids a guard trained and validated on (`training_ids.json` in its folder)."""
+    record = {"seed_pool": seed_pool, "train_ids": sorted(set(train["id"])), "validation_ids": sorted(set(val["id"]))}
+    Path(output, TRAINING_IDS_FILE).write_text(json.dumps(record) + "\n")
+
+
+def guard_training_ids(name_or_path):
+    """The seed-pool ids a guard trained on (from its `training_ids.json`), or None when it records
+    none (a Hub guard such as Llama-Guard-3-8B, or a folder trained elsewhere).
+
+    Rows a guard trained on are no test of it: its errors there are rarer than on new inputs, so the
+    router's data and the large guard's validation leave them out.
+    """
+    path = Path(name_or_path or "", TRAINING_IDS_FILE)
+    if not name_or_path or not path.is_file():
+        return None
+    return set(json.loads(path.read_text())["train_ids"])

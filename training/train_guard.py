@@ -11,7 +11,8 @@ Two kinds behind one command, each saved as a folder that `load_guard(OUT, kind)
 
 Both: class-balanced, length-grouped sampling, seeded, 10% stratified validation scored by the
 guard adapter (F1 at 0.5, AUPRC), `training_info.json`; a finished folder is skipped (resume) and
-an interrupted run resumes from its last checkpoint.
+an interrupted run resumes from its last checkpoint. The ids of the seed rows it trained on go
+to `training_ids.json`, so that later steps can keep those rows out of the router's data.
 
     saferoute train-guard --config training/recipes/cpu-offline.yaml [--flag value ...]
     accelerate launch --config_file training/accelerate_configs/multi_gpu.yaml -m training.train_guard --config ...
@@ -45,7 +46,7 @@ from modeling_saferoute.guards import GUARD_KINDS, load_guard
 from modeling_saferoute.inputs import encode_pairs
 
 from .config import parse_args
-from .guard_data import DEFAULT_POLICY, guard_chat_template, guard_splits
+from .guard_data import DEFAULT_POLICY, guard_chat_template, guard_splits, write_training_ids
 from .sampling import BalancedSamplingMixin, TimeBudgetCallback
 
 logger = logging.getLogger(__name__)
@@ -362,6 +363,7 @@ def train_guard(args: TrainGuardArguments):
     }
     shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)
     (output / "training_args.bin").unlink(missing_ok=True)  # Trainer pickles its args; the folder holds no pickle
+    write_training_ids(output, args.seed_pool, train, val)
     (output / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     trainer.accelerator.wait_for_everyone()
     return output

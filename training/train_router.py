@@ -9,13 +9,21 @@ Bayesian: mean-field Gaussian weights, prior sigma 0.1, loss BCE + 0.01 KL, post
 exported) trains with BCE, a class-balanced sampler, Adam, warm-up + linear decay, batch 512.
 The routing threshold is chosen on a stratified validation split (best F1 of the routed system,
 or a large-guard budget), and the result is written as a packaged SafeRoute model folder.
+
+`--paraphrases N` augments the router's training split (never the validation split) as the
+SafeRoute paper does: an LLM (`--paraphraser`, default the bundled SmolLM2-135M-Instruct; see
+`training/paraphrase.py`) writes N sampled paraphrases of each distinct training prompt; a
+prompt+response row keeps its response and gets the paraphrased prompt. Each paraphrase copies the
+row's human label y, both guards are re-run on it (one student forward for its feature and
+P(unsafe); the large guard always scores it, even where the originals reuse corpus teacher
+scores) and its router label t is computed as above. Dropped paraphrases (empty, an echo of the
+prompt, a refusal) are counted; the counts and the t positive rate are recorded in router_info.json.
 """
 
 import copy
 import json
 import logging
 import math
-import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,20 +31,24 @@ from typing import Optional
 
 import numpy as np
 import torch
-from datasets import Value, concatenate_datasets
+from datasets import Dataset, Value, concatenate_datasets
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from dataset_builders.harmaug.generate import BACKENDS, load_generator
+from dataset_builders.harmaug.card import corpus_teacher
 from dataset_builders.seed_pool import load_seed_pool
 from modeling_saferoute.guards import GUARD_KINDS, load_guard
 from modeling_saferoute.inputs import encode_pairs, length_sorted_batches
 
 from .config import parse_args
 from .distill import INFO_FILE, load_corpus, stratified_split
+from .guard_data import guard_training_ids
 from .package import PackageArguments, load_student, package
+from .paraphrase import paraphrase
 
 logger = logging.getLogger(__name__)
 ROUTER_INFO_FILE = "router_info.json"
@@ -72,7 +84,13 @@ class TrainRouterArguments:
     feature_batch_size: int = field(default=64, metadata={"help": "Batch size of the student forward that computes the features."})
     unseen_pool: Optional[str] = field(default=None, metadata={"help": "With --data holdout, also use the rows of this seed pool ('offline', 'wildguardmix', a file) that are not in the corpus: the student never trained on them (the large guard scores them)."})
     max_unseen_rows: Optional[int] = field(default=None, metadata={"help": "Stratified, seeded sample of at most this many --unseen-pool (or --data pool) rows."})
-    paraphrases: int = field(default=0, metadata={"help": "LLM paraphrases per example (not implemented yet; must be 0)."})
+    paraphrases: int = field(default=0, metadata={"help": "LLM paraphrases per training-split example (labels copied, both guards re-run on them); 0: none."})
+    paraphraser: str = field(default="bundled:smollm2-135m-instruct", metadata={"help": "Paraphrasing LLM with a chat template (path, Hub id or bundled: alias)."})
+    paraphrase_backend: str = field(default="transformers", metadata={"help": "Generation backend of the paraphraser: 'transformers' or 'vllm' (optional dependency)."})
+    paraphrase_max_new_tokens: int = field(default=64, metadata={"help": "Token budget of one paraphrase (longer ones are cut)."})
+    paraphrase_temperature: float = field(default=0.9, metadata={"help": "Sampling temperature of the paraphraser (0: greedy, every copy the same)."})
+    paraphrase_top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling top-p of the paraphraser."})
+    paraphrase_batch_size: int = field(default=16, metadata={"help": "Batch size of paraphrase generation."})
     seed: int = field(default=0, metadata={"help": "Seed of the split, the sampler and the initialisation."})
     force: bool = field(default=False, metadata={"help": "Retrain even when the output folder already holds a trained router."})
 
@@ -83,8 +101,10 @@ class TrainRouterArguments:
             raise ValueError(f"--large-guard-kind must be one of {sorted(GUARD_KINDS)}, got {self.large_guard_kind!r}.")
         if self.large_budget is not None and not 0 < self.large_budget <= 1:
             raise ValueError(f"--large-budget must be in (0, 1], got {self.large_budget}.")
-        if self.paraphrases:
-            raise ValueError("--paraphrases is not implemented yet; use 0.")
+        if self.paraphrases < 0:
+            raise ValueError(f"--paraphrases must be >= 0, got {self.paraphrases}.")
+        if self.paraphrase_backend not in BACKENDS:
+            raise ValueError(f"--paraphrase-backend must be one of {sorted(BACKENDS)}, got {self.paraphrase_backend!r}.")
 
 
 # -- router labels and features ---------------------------------------------------------------
@@ -109,28 +129,6 @@ def student_features(model, tokenizer, items, max_length, batch_size=64):
             for j, i in enumerate(batch):
                 features[i], probs[i] = out.features[j].float().cpu(), float(p[j])
     return torch.stack(features), np.array(probs)
-
-
-def corpus_teacher(corpus):
-    """The teacher of a corpus folder's dataset card: `{"name_or_path", "kind"}` or None.
-
-    Read from the card's YAML (`teacher:` as a mapping or a name, plus `teacher_kind:`), else from
-    the body line the build-corpus card template writes ("The teacher `X` (guard kind `Y`)").
-    """
-    readme = Path(corpus) / "README.md" if corpus and Path(corpus).is_dir() else None
-    if readme is None or not readme.exists():
-        return None
-    from huggingface_hub import DatasetCard
-
-    card = DatasetCard.load(readme)
-    data = card.data.to_dict()
-    teacher = data.get("teacher")
-    if isinstance(teacher, dict) and teacher.get("name_or_path"):
-        return {"name_or_path": teacher["name_or_path"], "kind": teacher.get("kind")}
-    if isinstance(teacher, str):
-        return {"name_or_path": teacher, "kind": data.get("teacher_kind")}
-    found = re.search(r"[Tt]he teacher `([^`]+)` \(guard kind `([^`]+)`\)", card.text)
-    return {"name_or_path": found.group(1), "kind": found.group(2)} if found else None
 
 
 def same_model(a, b):
@@ -165,11 +163,13 @@ def router_data(args, info):
     """Labeled rows the student never trained on, with the corpus' teacher scores where known.
 
     `holdout`: the corpus seed rows distill held out, plus (with --unseen-pool) seed-pool rows that
-    are not in the corpus at all. Otherwise: the rows of the `--data` seed pool / file.
+    are not in the corpus at all. Otherwise: the rows of the `--data` seed pool / file. Rows the
+    large guard trained on (its `training_ids.json`) are left out: there its errors are rarer than
+    on new inputs, so t would be too rare and the router would route too much.
     """
     if args.data != "holdout":
         logger.warning("Router data %s: make sure the student never trained on it (its errors there would look too rare).", args.data)
-        return pool_rows(args.data, max_rows=args.max_unseen_rows, seed=args.seed), None
+        return pool_rows(args.data, exclude=large_guard_training_ids(args, None), max_rows=args.max_unseen_rows, seed=args.seed), None
     ids = (info.get("router_holdout") or {}).get("ids")
     if not ids:
         raise ValueError(
@@ -182,13 +182,84 @@ def router_data(args, info):
     rows = first_per_id(full.filter(lambda i: i in wanted, input_columns="id"))
     if len(rows) != len(wanted):
         raise ValueError(f"The corpus {corpus} holds {len(rows)} of the {len(wanted)} hold-out ids recorded by distill: is it the same corpus?")
+    seen_by_guard = large_guard_training_ids(args, corpus)
+    if seen_by_guard:
+        before = len(rows)
+        rows = rows.filter(lambda i: i not in seen_by_guard, input_columns="id")
+        if len(rows) < before:
+            logger.info("Router data: %d of %d held-out rows left out: the large guard trained on them.", before - len(rows), before)
     rows = rows.rename_column("unsafe_score", "corpus_score").map(lambda h: {"y": int(h)}, input_columns="human_label")
     rows = rows.cast_column("corpus_score", Value("float64")).select_columns(ROUTER_COLUMNS)
     if args.unseen_pool:
-        unseen = pool_rows(args.unseen_pool, exclude=full["id"], max_rows=args.max_unseen_rows, seed=args.seed)
-        logger.info("Router data: %d held-out corpus rows + %d %s rows absent from the corpus.", len(rows), len(unseen), args.unseen_pool)
+        exclude = set(full["id"]) | seen_by_guard
+        unseen = pool_rows(args.unseen_pool, exclude=exclude, max_rows=args.max_unseen_rows, seed=args.seed)
+        logger.info("Router data: %d held-out corpus rows + %d %s rows absent from the corpus and new to the large guard.", len(rows), len(unseen), args.unseen_pool)
         rows = concatenate_datasets([rows, unseen])
     return rows, corpus
+
+
+def large_guard_training_ids(args, corpus):
+    """Seed-pool ids the large guard (--large-guard, else the corpus' teacher) trained on; empty when unknown."""
+    name = args.large_guard
+    if name is None and corpus:
+        name = (corpus_teacher(corpus) or {}).get("name_or_path")
+    return guard_training_ids(name) or set()
+
+
+def check_large_guard(ref):
+    """Raise a ValueError naming the option to pass when `ref` cannot be loaded as a guard."""
+    name, kind = ref["name_or_path"], ref["kind"]
+    if name is None:
+        raise ValueError("No large guard: pass --large-guard and --large-guard-kind (the corpus card records no teacher).")
+    if kind not in GUARD_KINDS:
+        raise ValueError(f"--large-guard-kind must be one of {sorted(GUARD_KINDS)} to score with {name!r}, got {kind!r}.")
+
+
+def load_large_guard(args, ref):
+    """The large guard of `ref` (as `large_guard_scores` returns it), with the scoring options of `args`."""
+    check_large_guard(ref)
+    return load_guard(
+        ref["name_or_path"], ref["kind"], revision=ref["revision"], dtype=ref["dtype"],
+        batch_size=args.large_guard_batch_size, max_length=args.large_guard_max_length,
+    )
+
+
+def paraphrase_rows(args, rows, large_ref, model, tokenizer, max_length):
+    """`--paraphrases N` rows of the router's training split: (table, features, stats).
+
+    N paraphrases of each distinct prompt of `rows` (every row with that prompt gets them; its
+    response is kept), the human label y copied, both guards re-run (student feature + P(unsafe),
+    large guard P(unsafe)) and t = router_labels(...). `table`: id (of the source row), copy,
+    prompt, response, level, y, student_p, large_p, t; None (and features None) when every
+    paraphrase was dropped.
+    """
+    check_large_guard(large_ref)  # before generating: the paraphrases must be scored by a model
+    generator = load_generator(args.paraphraser, args.paraphrase_backend, batch_size=args.paraphrase_batch_size)
+    prompts = list(dict.fromkeys(rows["prompt"]))
+    texts, stats = paraphrase(
+        generator, prompts, args.paraphrases, args.seed, max_new_tokens=args.paraphrase_max_new_tokens,
+        temperature=args.paraphrase_temperature, top_p=args.paraphrase_top_p, batch_size=args.paraphrase_batch_size,
+    )
+    del generator
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    by_prompt = dict(zip(prompts, texts))
+    new = [
+        {"id": row["id"], "copy": k, "prompt": text, "response": row["response"], "level": row["level"], "y": int(row["y"])}
+        for row in rows for k, text in enumerate(by_prompt[row["prompt"]]) if text is not None
+    ]
+    stats = {"per_prompt": args.paraphrases, "paraphraser": args.paraphraser, "source_rows": len(rows), "source_prompts": len(prompts), **stats,
+             "rows": len(new)}
+    logger.info("Paraphrases: %d of %d made (dropped %s); %d training rows.", stats["made"], stats["requested"], stats["dropped"], len(new))
+    if not new:
+        return None, None, {**stats, "positive_rate": None}
+    items = [{"prompt": r["prompt"], "response": r["response"]} for r in new]
+    features, student_p = student_features(model, tokenizer, items, max_length, args.feature_batch_size)
+    large_p = np.asarray(load_large_guard(args, large_ref).score(items, show_progress=True), dtype=float)
+    y = np.array([r["y"] for r in new])
+    t = router_labels(student_p, large_p, y, args.threshold)
+    table = Dataset.from_list(new).add_column("student_p", student_p.tolist()).add_column("large_p", large_p.tolist()).add_column("t", t.tolist())
+    return table, features, {**stats, "positive_rate": float(t.mean())}
 
 
 def large_guard_scores(args, rows, corpus):
@@ -216,12 +287,7 @@ def large_guard_scores(args, rows, corpus):
     if len(missing) < len(scores):
         logger.info("Reusing %d corpus teacher scores (unsafe_score) as the large guard's P(unsafe).", len(scores) - len(missing))
     if missing:
-        if kind not in GUARD_KINDS:
-            raise ValueError(f"--large-guard-kind must be one of {sorted(GUARD_KINDS)} to score with {name!r}, got {kind!r}.")
-        guard = load_guard(
-            name, kind, revision=args.large_guard_revision, dtype=args.large_guard_dtype,
-            batch_size=args.large_guard_batch_size, max_length=args.large_guard_max_length,
-        )
+        guard = load_large_guard(args, ref)
         items = [{"prompt": rows[i]["prompt"], "response": rows[i]["response"]} for i in missing]
         scores[missing] = guard.score(items, show_progress=True)
     return scores, ref, len(scores) - len(missing)
@@ -331,7 +397,7 @@ def fit_router(router, train_x, train_t, val_x, val_t, args):
     if args.bayesian:
         export_posterior_mean(net, router)
     router.eval()
-    return router, {"best_step": best[2], "history": history}
+    return router, {"best_step": best[2], "train_examples": len(train_t), "history": history}
 
 
 # -- threshold and metrics ------------------------------------------------------------------
@@ -394,14 +460,22 @@ def train_router(args: TrainRouterArguments):
     split = np.array(["train"] * len(t), dtype=object)
     split[val_idx] = "validation"
     table = table.add_column("split", split.tolist())
+    tt = torch.as_tensor(t)
+    train_x, train_t = features[train_idx], tt[train_idx]
+    para_table, para_stats = None, None
+    if args.paraphrases > 0:  # the training split only: validation stays the real rows
+        para_table, para_x, para_stats = paraphrase_rows(args, rows.select(train_idx), large_ref, model, tokenizer, max_length)
+        if para_table is not None:
+            train_x, train_t = torch.cat([train_x, para_x]), torch.cat([train_t, torch.as_tensor(para_table["t"])])
 
     torch.manual_seed(args.seed)
     router = copy.deepcopy(model.router)
     model._init_weights(router)  # a fresh, seeded initialisation
-    tt = torch.as_tensor(t)
-    router, fit = fit_router(router, features[train_idx], tt[train_idx], features[val_idx], tt[val_idx], args)
+    router, fit = fit_router(router, train_x, train_t, features[val_idx], tt[val_idx], args)
     with torch.no_grad():
         scores = torch.sigmoid(router(features)).numpy()
+        if para_table is not None:
+            para_table = para_table.add_column("router_score", torch.sigmoid(router(para_x)).numpy().tolist())
     v = np.array(val_idx)
     router_threshold = args.router_threshold if args.router_threshold is not None else choose_threshold(
         scores[v], student_p[v], large_p[v], y[v], t[v], args.large_budget, args.threshold
@@ -425,13 +499,13 @@ def train_router(args: TrainRouterArguments):
     summary = {
         "router_threshold": router_threshold,
         "threshold_choice": "fixed" if args.router_threshold is not None else (f"large_budget={args.large_budget}" if args.large_budget else "best_system_f1"),
-        "data": args.data, "corpus": corpus, "max_length": max_length, "examples": {"train": len(train_idx), "validation": len(val_idx)},
+        "data": args.data, "corpus": corpus, "max_length": max_length, "examples": {"train": len(train_idx), "validation": len(val_idx), "train_paraphrases": 0 if para_table is None else len(para_table)},
         "positive_rate": float(t.mean()), "large_guard": large_ref, "large_guard_scores_reused": reused,
-        "bayesian": args.bayesian, "metrics": metrics, "fit": fit,
+        "paraphrases": para_stats, "bayesian": args.bayesian, "metrics": metrics, "fit": fit,
         "arguments": asdict(args),
     }
     (output / ROUTER_INFO_FILE).write_text(json.dumps(summary, indent=2, default=str))
-    return {"output": output, "table": table, **summary}
+    return {"output": output, "table": table, "paraphrase_table": para_table, **summary}
 
 
 def main(argv=None):

@@ -1,6 +1,8 @@
-"""Stage 5 helpers: the corpus rows' statistics for the dataset card, and the Hub upload."""
+"""Stage 5 helpers: the corpus rows' statistics for the dataset card, reading the card back, and the Hub upload."""
 
+import re
 from collections import defaultdict
+from pathlib import Path
 
 from .filters import distinct_n
 
@@ -64,3 +66,25 @@ def push_folder(folder, repo_id, private=False, token=None):
             f"Could not push {folder} to the dataset repo {repo_id!r} on the Hugging Face Hub at "
             f"{constants.ENDPOINT}{offline}: {type(err).__name__}: {err}"
         ) from err
+
+
+def corpus_teacher(corpus):
+    """The teacher of a corpus folder's dataset card: `{"name_or_path", "kind"}` or None.
+
+    Read from the card's YAML (`teacher:` as a mapping or a name, plus `teacher_kind:`), else from
+    the body line the build-corpus card template writes ("The teacher `X` (guard kind `Y`)").
+    """
+    readme = Path(corpus) / "README.md" if corpus and Path(corpus).is_dir() else None
+    if readme is None or not readme.exists():
+        return None
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard.load(readme)
+    data = card.data.to_dict()
+    teacher = data.get("teacher")
+    if isinstance(teacher, dict) and teacher.get("name_or_path"):
+        return {"name_or_path": teacher["name_or_path"], "kind": teacher.get("kind")}
+    if isinstance(teacher, str):
+        return {"name_or_path": teacher, "kind": data.get("teacher_kind")}
+    found = re.search(r"[Tt]he teacher `([^`]+)` \(guard kind `([^`]+)`\)", card.text)
+    return {"name_or_path": found.group(1), "kind": found.group(2)} if found else None
