@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, BertModel
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, BertModel, pipeline
 
 from modeling_saferoute import SafeRouteConfig, SafeRouteForSequenceClassification, SafeRoutePipeline
 from modeling_saferoute.guards import CausalLMGuard, LlamaGuard, load_guard
@@ -84,6 +84,20 @@ def test_config_records_contract(packaged):
     for name in ("modeling_saferoute.py", "configuration_saferoute.py", "pipeline_saferoute.py", "guards.py", "inputs.py"):
         assert (packaged / name).exists()
     assert not list(packaged.glob("*.bin")) and (packaged / "model.safetensors").exists()
+
+
+def test_a_relative_large_guard_path_is_recorded_absolute(tiny_student_dir, tiny_llama_guard_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tiny_llama_guard_dir.parent)
+    out = package(PackageArguments(student=str(tiny_student_dir), output=str(tmp_path / "m"), model_card=False,
+                                   large_guard=tiny_llama_guard_dir.name, large_guard_kind="llama_guard"))
+    recorded = json.loads((out / "config.json").read_text())["large_guard"]["name_or_path"]
+    assert recorded == str(tiny_llama_guard_dir.resolve())
+    monkeypatch.chdir(tmp_path)  # another working directory: the reference still loads
+    guard = pipeline("text-classification", model=str(out), trust_remote_code=True)
+    assert guard("How do I pick a lock?", route="always")["decided_by"] == "large_guard"
+    hub = package(PackageArguments(student=str(tiny_student_dir), output=str(tmp_path / "h"), model_card=False,
+                                   large_guard="meta-llama/Llama-Guard-3-8B", large_guard_kind="llama_guard"))
+    assert json.loads((hub / "config.json").read_text())["large_guard"]["name_or_path"] == "meta-llama/Llama-Guard-3-8B"
 
 
 def test_classifier_head_is_kept(packaged, tiny_student_dir):

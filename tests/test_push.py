@@ -1,5 +1,8 @@
 """`saferoute push`: uploads folders as is; offline / unreachable Hub fails with a clear message (no network)."""
 
+import json
+import logging
+
 import pytest
 from huggingface_hub import HfApi, constants
 
@@ -49,6 +52,18 @@ def test_push_uploads_each_folder_as_is_in_one_commit(model_dir, tmp_path, monke
     assert urls == {"model": "https://hub/me/guard/commit/1", "dataset": "https://hub/me/harmaug/commit/1"}
     assert [c[:3] for c in calls] == [("create", "me/guard", "model"), ("upload", "me/guard", "model"), ("create", "me/harmaug", "dataset"), ("upload", "me/harmaug", "dataset")]
     assert calls[1][3] == str(model_dir) and "checkpoints/**" in calls[1][4]
+
+
+def test_push_warns_when_the_large_guard_is_a_local_folder(model_dir, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    guard = tmp_path / "teacher"
+    guard.mkdir()
+    for name, warned in ((str(guard), True), ("meta-llama/Llama-Guard-3-8B", False)):
+        (model_dir / "config.json").write_text(json.dumps({"large_guard": {"name_or_path": name, "kind": "llama_guard"}}))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="training.push"), pytest.raises(ConnectionError):
+            push(PushArguments(model_dir=str(model_dir), repo_id="me/guard"))
+        assert ("local folder" in caplog.text) is warned
 
 
 def test_bad_folders_are_named(model_dir, tmp_path):

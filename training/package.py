@@ -66,6 +66,13 @@ def load_router_weights(path):
     return tensors
 
 
+def large_guard_location(name_or_path):
+    """A local large-guard folder as an absolute path (a relative one would only load from the
+    folder `package` ran in); Hub ids and `bundled:` aliases as given."""
+    path = Path(name_or_path)
+    return str(path.resolve()) if path.is_dir() else name_or_path
+
+
 def package(args: PackageArguments):
     """Write the model folder; returns its path."""
     if args.large_guard and args.large_guard_kind not in GUARD_KINDS:
@@ -86,7 +93,7 @@ def package(args: PackageArguments):
     config = model.config
     if args.large_guard:
         config.large_guard = {
-            "name_or_path": args.large_guard,
+            "name_or_path": large_guard_location(args.large_guard),
             "kind": args.large_guard_kind,
             "revision": args.large_guard_revision,
             "dtype": args.large_guard_dtype,

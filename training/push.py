@@ -5,6 +5,7 @@ code and weights for a SafeRoute model; dataset card and parquet shards for a co
 when the Hub cannot be reached, it fails with a message naming the endpoint and the repository.
 """
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,21 @@ def push_folder(folder, repo_id, repo_type="model", private=False, revision=None
     return info.commit_url if hasattr(info, "commit_url") else str(info)
 
 
+def warn_local_large_guard(model_dir, repo_id):
+    """Warn when the SafeRoute model routes to a large guard that is a folder on this machine:
+    whoever downloads `repo_id` will not have it (routed inputs then raise; route='never' works)."""
+    config = Path(model_dir) / "config.json"
+    guard = (json.loads(config.read_text()).get("large_guard") or {}).get("name_or_path") if config.is_file() else None
+    if guard and (Path(guard).is_absolute() or Path(guard).exists()):
+        logger.warning(
+            "The large guard of %s is the local folder %s: users of %r will not have it. Push it too "
+            "(saferoute push --model-dir %s --repo-id YOU/guard) and re-package with --large-guard YOU/guard.",
+            model_dir, guard, repo_id, guard,
+        )
+        return guard
+    return None
+
+
 def push(args: PushArguments):
     """Upload the model and/or dataset folder; returns {repo_type: commit URL}."""
     if not args.model_dir and not args.dataset_dir:
@@ -88,6 +104,7 @@ def push(args: PushArguments):
     common = {"private": args.private, "revision": args.revision, "commit_message": args.commit_message, "token": args.token, "endpoint": args.endpoint}
     urls = {}
     if args.model_dir:
+        warn_local_large_guard(args.model_dir, args.repo_id)
         urls["model"] = push_folder(args.model_dir, args.repo_id, "model", **common)
     if args.dataset_dir:
         urls["dataset"] = push_folder(args.dataset_dir, dataset_repo, "dataset", **common)
