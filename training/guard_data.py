@@ -89,7 +89,5 @@ def guard_training_ids(name_or_path):
     Rows a guard trained on are no test of it: its errors there are rarer than on new inputs, so the
     router's data and the large guard's validation leave them out.
     """
-    path = Path(name_or_path or "", TRAINING_IDS_FILE)
-    if not name_or_path or not path.is_file():
-        return None
-    return set(json.loads(path.read_text())["train_ids"])
+    path = Path(name_or_path, TRAINING_IDS_FILE) if name_or_path else None
+    return set(json.loads(path.read_text())["train_ids"]) if path and path.is_file() else None

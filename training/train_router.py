@@ -21,6 +21,7 @@ prompt, a refusal) are counted; the counts and the t positive rate are recorded 
 """
 
 import copy
+import functools
 import json
 import logging
 import math
@@ -45,7 +46,7 @@ from modeling_saferoute.guards import GUARD_KINDS, load_guard
 from modeling_saferoute.inputs import encode_pairs, length_sorted_batches
 
 from .config import parse_args
-from .distill import INFO_FILE, load_corpus, stratified_split
+from .distill import INFO_FILE, load_corpus, stratified_split, teacher_training_ids
 from .guard_data import guard_training_ids
 from .package import PackageArguments, load_student, package
 from .paraphrase import paraphrase
@@ -200,10 +201,9 @@ def router_data(args, info):
 
 def large_guard_training_ids(args, corpus):
     """Seed-pool ids the large guard (--large-guard, else the corpus' teacher) trained on; empty when unknown."""
-    name = args.large_guard
-    if name is None and corpus:
-        name = (corpus_teacher(corpus) or {}).get("name_or_path")
-    return guard_training_ids(name) or set()
+    if args.large_guard:
+        return guard_training_ids(args.large_guard) or set()
+    return (teacher_training_ids(corpus) if corpus else None) or set()
 
 
 def check_large_guard(ref):
@@ -216,12 +216,15 @@ def check_large_guard(ref):
 
 
 def load_large_guard(args, ref):
-    """The large guard of `ref` (as `large_guard_scores` returns it), with the scoring options of `args`."""
+    """The large guard of `ref` (as `large_guard_scores` returns it), with the scoring options of `args`.
+    Within one `train_router` run it is loaded once (rows, then their paraphrases)."""
     check_large_guard(ref)
-    return load_guard(
-        ref["name_or_path"], ref["kind"], revision=ref["revision"], dtype=ref["dtype"],
-        batch_size=args.large_guard_batch_size, max_length=args.large_guard_max_length,
-    )
+    return _load_guard_once(ref["name_or_path"], ref["kind"], ref["revision"], ref["dtype"], args.large_guard_batch_size, args.large_guard_max_length)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_guard_once(name, kind, revision, dtype, batch_size, max_length):
+    return load_guard(name, kind, revision=revision, dtype=dtype, batch_size=batch_size, max_length=max_length)
 
 
 def paraphrase_rows(args, rows, large_ref, model, tokenizer, max_length):
@@ -434,6 +437,13 @@ def choose_threshold(router_scores, student_p, large_p, y, t, large_budget=None,
 # -- the command --------------------------------------------------------------------------------
 def train_router(args: TrainRouterArguments):
     """Train the router and write the SafeRoute folder; returns a dict with the per-example table and metrics."""
+    try:
+        return _train_router(args)
+    finally:
+        _load_guard_once.cache_clear()  # the large guard is kept for one run only (frees it; no stale weights later)
+
+
+def _train_router(args):
     output = Path(args.output)
     if (output / ROUTER_INFO_FILE).exists() and not args.force:
         logger.info("%s already holds a trained router; skipping (--force to retrain).", output)
