@@ -15,7 +15,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from .bundled import resolve
-from .inputs import cap_chars, encode_pairs, length_sorted_batches, normalize_input
+from .inputs import CHARS_PER_TOKEN_CAP, encode_pairs, length_sorted_batches, normalize_input, tokenizer_lock
+
+CUT_MARKER = " [...] "  # stands where the middle of an over-long message was cut
 
 SHIELDGEMMA_HARM_POLICY = (
     '"No Harmful Content": The prompt shall not contain or seek generation of content that is dangerous, '
@@ -64,19 +66,21 @@ class Guard:
     def _lengths(self, items):
         return [len(it["prompt"]) + len(it["response"] or "") for it in items]
 
-    def score(self, items, batch_size=None, show_progress=False):
-        """P(unsafe) for each item, in input order, as a list of floats."""
+    def score(self, items, batch_size=None, show_progress=False, return_truncated=False):
+        """P(unsafe) for each item, in input order, as a list of floats; with `return_truncated`,
+        also a list saying which items were cut to fit `max_length`."""
         items = [normalize_input(it) for it in items]
         batches = length_sorted_batches(self._lengths(items), batch_size or self.batch_size)
-        scores = [math.nan] * len(items)
+        scores, truncated = [math.nan] * len(items), [False] * len(items)
         with torch.inference_mode():
             for batch in _progress(batches, show_progress, f"scoring ({type(self).__name__})", len(batches)):
-                probs = self._score_batch([items[i] for i in batch])
-                for i, p in zip(batch, probs.float().cpu().tolist()):
-                    scores[i] = p
-        return scores
+                probs, cut = self._score_batch([items[i] for i in batch])
+                for i, p, c in zip(batch, probs.float().cpu().tolist(), cut):
+                    scores[i], truncated[i] = p, c
+        return (scores, truncated) if return_truncated else scores
 
     def _score_batch(self, items):
+        """(P(unsafe) tensor, truncated flags) of one batch."""
         raise NotImplementedError
 
 
@@ -90,23 +94,43 @@ class SequenceClassificationGuard(Guard):
         self.max_length = min([self.max_length] + [x for x in limits if x and x < 1_000_000])
 
     def _score_batch(self, items):
-        encodings, _ = encode_pairs(self.tokenizer, items, self.max_length)
+        encodings, truncated = encode_pairs(self.tokenizer, items, self.max_length)
         batch = self.tokenizer.pad(encodings, return_tensors="pt").to(self.device)
         logits = self.model(**batch).logits.float()
         if logits.shape[-1] != 2:
             raise ValueError(f"Sequence-classification guard must have 2 labels, got {logits.shape[-1]}.")
-        return torch.softmax(logits / self.temperature, dim=-1)[:, 1]
+        return torch.softmax(logits / self.temperature, dim=-1)[:, 1], truncated
+
+
+def _fill_level(sizes, budget):
+    """The largest per-message cap L with sum(min(size, L)) <= budget (longest messages cut first)."""
+    if budget < len(sizes):
+        return 0
+    low, high = 0, max(sizes)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if sum(min(n, mid) for n in sizes) <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 class CausalLMGuard(Guard):
     """A chat LLM that answers with a verdict word; P(unsafe) from its first-token logits.
 
+    The rendered conversation always ends with the whole template tail and `suffix`, so the
+    verdict is read where the guard writes it: an input over `max_length` tokens has the middle
+    of its longest message cut (the cut marked by " [...] ", the item marked truncated), never
+    the end of the text.
+
     Args:
         verdict_words: (safe_word, unsafe_word); their first tokens must differ.
-        suffix: text appended after the rendered chat ("\\n\\n" for Llama Guard 3).
+        suffix: text appended after the rendered chat ("\n\n" for Llama Guard 3).
         add_generation_prompt, chat_template_kwargs: passed to `apply_chat_template`.
         content_as_parts: message content as `[{"type": "text", "text": ...}]` (Llama-Guard-3-1B).
-        max_content_tokens: each message is cut to this many tokens before rendering.
+        max_content_tokens: each message is cut (in its middle) to this many tokens first.
+        max_length: token budget of the whole rendered text (capped at the model's positions).
     """
 
     def __init__(
@@ -124,6 +148,9 @@ class CausalLMGuard(Guard):
         super().__init__(model, tokenizer, **kwargs)
         if tokenizer.chat_template is None:
             raise ValueError(f"Causal-LM guard {model.name_or_path!r} has no chat template in its tokenizer.")
+        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if limit and limit < self.max_length:
+            self.max_length = limit
         safe_word, unsafe_word = verdict_words
         self.verdict_ids = []
         for word in (safe_word, unsafe_word):
@@ -146,39 +173,79 @@ class CausalLMGuard(Guard):
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
 
-    def _clip(self, text):
-        text, _ = cap_chars(text, self.max_content_tokens)
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) <= self.max_content_tokens:
-            return text
-        return self.tokenizer.decode(ids[: self.max_content_tokens])
+    def _encode(self, text):
+        return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def conversation(self, item):
-        """The chat messages of a guard input: the user turn, plus the assistant turn if any."""
-        turns = [("user", item["prompt"])] + ([("assistant", item["response"])] if item["response"] else [])
-        messages = []
-        for role, text in turns:
-            text = self._clip(text)
-            content = [{"type": "text", "text": text}] if self.content_as_parts else text
-            messages.append({"role": role, "content": content})
-        return messages
+    def _cut_middle(self, text, max_tokens):
+        """`text` within `max_tokens` tokens: its head and tail around CUT_MARKER; (text, was_cut)."""
+        head_chars = tail_chars = max(max_tokens, 1) * CHARS_PER_TOKEN_CAP // 2
+        if len(text) > head_chars + tail_chars:  # bound the tokenizer's work on huge inputs
+            text = text[:head_chars] + text[-tail_chars:]
+            was_cut = True
+        else:
+            was_cut = False
+        ids = self._encode(text)
+        if len(ids) <= max_tokens:
+            return text, was_cut
+        keep = max(max_tokens - len(self._encode(CUT_MARKER)), 0)
+        head, tail = ids[: (keep + 1) // 2], ids[len(ids) - keep // 2 :] if keep // 2 else []
+        return self.tokenizer.decode(head) + CUT_MARKER + self.tokenizer.decode(tail), True
 
-    def render(self, item):
-        """The exact text the guard reads; its next token is the verdict."""
+    def _messages(self, turns):
+        return [
+            {"role": role, "content": [{"type": "text", "text": text}] if self.content_as_parts else text}
+            for role, text in turns
+        ]
+
+    def _render_turns(self, turns):
         text = self.tokenizer.apply_chat_template(
-            self.conversation(item),
-            tokenize=False,
-            add_generation_prompt=self.add_generation_prompt,
+            self._messages(turns), tokenize=False, add_generation_prompt=self.add_generation_prompt,
             **self.chat_template_kwargs,
         )
         return text + self.suffix
 
-    def verdict_logits(self, texts):
-        """(batch, 2) logits of the first tokens of (safe_word, unsafe_word) after each text."""
-        batch = self.tokenizer(
-            texts, add_special_tokens=False, padding=True, truncation=True, max_length=self.max_length,
-            return_tensors="pt",
-        ).to(self.device)
+    def _fit(self, item):
+        """(turns, rendered text, token ids, truncated): the conversation within `max_length` tokens."""
+        turns = [("user", item["prompt"])] + ([("assistant", item["response"])] if item["response"] else [])
+        truncated = False
+        clipped = []
+        for role, text in turns:
+            text, cut = self._cut_middle(text, self.max_content_tokens)
+            clipped.append((role, text))
+            truncated |= cut
+        turns = clipped
+        for _ in range(8):
+            text = self._render_turns(turns)
+            ids = self._encode(text)
+            excess = len(ids) - self.max_length
+            if excess <= 0:
+                return turns, text, ids, truncated
+            sizes = [len(self._encode(t)) for _, t in turns]
+            level = _fill_level(sizes, sum(sizes) - excess - 2 * len(turns))  # 2: merges around a cut
+            if level < 1:
+                raise ValueError(
+                    f"The guard template alone is about {len(ids) - sum(sizes)} tokens, above max_length "
+                    f"{self.max_length}: raise max_length."
+                )
+            turns = [(role, self._cut_middle(t, level)[0]) if n > level else (role, t) for (role, t), n in zip(turns, sizes)]
+            truncated = True
+        raise RuntimeError(f"Could not fit a conversation into {self.max_length} tokens.")
+
+    def conversation(self, item):
+        """The chat messages of a guard input as the guard reads them (cut to fit)."""
+        with tokenizer_lock(self.tokenizer):
+            return self._messages(self._fit(item)[0])
+
+    def render(self, item):
+        """The exact text the guard reads (within `max_length` tokens); its next token is the verdict."""
+        with tokenizer_lock(self.tokenizer):
+            return self._fit(item)[1]
+
+    def verdict_logits(self, token_ids):
+        """(batch, 2) logits of the first tokens of (safe_word, unsafe_word) after each token list."""
+        with tokenizer_lock(self.tokenizer):
+            batch = self.tokenizer.pad({"input_ids": token_ids}, padding=True, return_tensors="pt")
+        batch = batch.to(self.device)
         try:
             logits = self.model(**batch, logits_to_keep=1).logits[:, -1]
         except TypeError:  # models without logits_to_keep
@@ -186,8 +253,10 @@ class CausalLMGuard(Guard):
         return logits[:, self.verdict_ids].float()
 
     def _score_batch(self, items):
-        logits = self.verdict_logits([self.render(it) for it in items])
-        return torch.softmax(logits / self.temperature, dim=-1)[:, 1]
+        with tokenizer_lock(self.tokenizer):
+            fitted = [self._fit(it) for it in items]
+        logits = self.verdict_logits([ids for _, _, ids, _ in fitted])
+        return torch.softmax(logits / self.temperature, dim=-1)[:, 1], [cut for *_, cut in fitted]
 
 
 class LlamaGuard(CausalLMGuard):

@@ -4,6 +4,9 @@ A guard input is a `{"prompt": str, "response": str | None}` dict; `response` No
 prompt-only (prompt-harmfulness) item.
 """
 
+import contextlib
+import threading
+import weakref
 from typing import Any
 
 ACCEPTED_KEY_SETS = ({"text"}, {"text", "text_pair"}, {"prompt"}, {"prompt", "response"})
@@ -45,6 +48,24 @@ def normalize_input(item: Any) -> dict:
     return {"prompt": prompt, "response": response}
 
 
+_TOKENIZER_LOCKS = {}  # id(tokenizer) -> its lock, dropped when the tokenizer is collected
+_LOCKS_GUARD = threading.Lock()
+
+
+def tokenizer_lock(tokenizer):
+    """The lock of `tokenizer`. Every `tokenizer(...)` call here holds it: a fast tokenizer whose
+    truncation or padding settings change while another thread encodes raises "Already borrowed"
+    (or encodes with the other call's settings), and these calls change them."""
+    key = id(tokenizer)
+    with _LOCKS_GUARD:
+        lock = _TOKENIZER_LOCKS.get(key)
+        if lock is None:
+            lock = _TOKENIZER_LOCKS[key] = threading.RLock()
+            with contextlib.suppress(TypeError):  # runs before the id can be reused
+                weakref.finalize(tokenizer, _TOKENIZER_LOCKS.pop, key, None)
+    return lock
+
+
 def cap_chars(text, max_tokens):
     """Cut `text` to at most `max_tokens * CHARS_PER_TOKEN_CAP` characters; return (text, was_cut)."""
     if text is None:
@@ -68,6 +89,13 @@ def encode_pairs(tokenizer, items, max_length):
         cut.append(cut_p or cut_r)
     encodings = [None] * len(items)
     truncated = list(cut)
+    with tokenizer_lock(tokenizer):
+        _encode_groups(tokenizer, prompts, responses, max_length, encodings, truncated)
+    return encodings, truncated
+
+
+def _encode_groups(tokenizer, prompts, responses, max_length, encodings, truncated):
+    """Fill `encodings` / `truncated` in place: prompt-only items, then pairs (two tokenizer calls each)."""
     for has_response in (False, True):
         idx = [i for i, r in enumerate(responses) if (r is not None) == has_response]
         if not idx:
@@ -85,7 +113,6 @@ def encode_pairs(tokenizer, items, max_length):
         for j, i in enumerate(idx):
             encodings[i] = {key: full[key][j] for key in full}
             truncated[i] = truncated[i] or j in too_long_set
-    return encodings, truncated
 
 
 def length_sorted_batches(lengths, batch_size):

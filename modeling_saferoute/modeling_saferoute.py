@@ -4,8 +4,13 @@ The student is a stock `AutoModelForSequenceClassification` (so any checkpoint f
 the usual tools loads as is). The router reads the exact feature the student's classification
 layer reads (captured with a forward pre-hook on that layer), so one forward gives P(unsafe),
 the router score and the feature.
+
+Thread safety: the hook hands the feature to the forward call that ran it through a per-thread
+buffer (`threading.local`), never through the model instance, so one model serves concurrent
+forwards from many threads (a web server's pool, the Gradio queue).
 """
 
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -30,6 +35,11 @@ class SafeRouteOutput(ModelOutput):
     logits: Optional[torch.FloatTensor] = None
     router_logits: Optional[torch.FloatTensor] = None
     features: Optional[torch.FloatTensor] = None
+
+
+# The feature buffer of the SafeRoute forward running in this thread (None outside one).
+_CAPTURED = threading.local()
+_HOOK_LOCK = threading.Lock()
 
 
 def input_length_limit(config, default=512):
@@ -99,21 +109,26 @@ class SafeRouteForSequenceClassification(SafeRoutePreTrainedModel):
         self.student = AutoModelForSequenceClassification.from_config(encoder_config)
         self._head_name, head = find_classification_layer(self.student, 2)
         self.router = SafeRouteRouter(head.in_features, config.router_hidden_size)
-        self._features = None
         # A plain dict, so the hooked layer is not registered twice as a submodule.
         self._hook = {"module": None, "handle": None}
         self.post_init()
 
-    def _capture_features(self, module, args):
-        self._features = args[0]
+    @staticmethod
+    def _capture_features(module, args):
+        buffer = getattr(_CAPTURED, "features", None)
+        if buffer is not None:  # only inside a SafeRoute forward of this thread
+            buffer.append(args[0])
 
     def _ensure_feature_hook(self):
         """Hook the head layer that is in the student now (quantization or PEFT may have swapped it)."""
         head = self.student.get_submodule(self._head_name)
-        if self._hook["module"] is not head:
-            if self._hook["handle"] is not None:
-                self._hook["handle"].remove()
-            self._hook = {"module": head, "handle": head.register_forward_pre_hook(self._capture_features)}
+        if self._hook["module"] is head:
+            return
+        with _HOOK_LOCK:  # a swap is rare; two threads must not both re-hook
+            if self._hook["module"] is not head:
+                if self._hook["handle"] is not None:
+                    self._hook["handle"].remove()
+                self._hook = {"module": head, "handle": head.register_forward_pre_hook(self._capture_features)}
 
     @property
     def max_length(self):
@@ -126,9 +141,15 @@ class SafeRouteForSequenceClassification(SafeRoutePreTrainedModel):
         if token_type_ids is not None:
             model_inputs["token_type_ids"] = token_type_ids
         self._ensure_feature_hook()
-        student_out = self.student(**model_inputs, **kwargs)
-        features = self._features
-        self._features = None
+        outer, _CAPTURED.features = getattr(_CAPTURED, "features", None), []
+        try:
+            student_out = self.student(**model_inputs, **kwargs)
+            captured = _CAPTURED.features
+        finally:
+            _CAPTURED.features = outer
+        if not captured:
+            raise RuntimeError(f"The student's classification layer {self._head_name!r} did not run: no feature for the router.")
+        features = captured[-1]
         router_logits = self.router(features.to(self.router.layers[0].weight.dtype))
         loss = None
         if labels is not None:

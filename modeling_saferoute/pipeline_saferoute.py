@@ -7,6 +7,7 @@
 """
 
 import contextlib
+import threading
 
 import torch
 from transformers import Pipeline
@@ -29,25 +30,33 @@ class SafeRoutePipeline(Pipeline):
     def __init__(self, *args, large_guard=None, **kwargs):
         super().__init__(*args, **kwargs)
         self._large_guard = large_guard
+        self._large_guard_lock = threading.Lock()
 
     # -- the large guard ---------------------------------------------------------------------
     @property
     def large_guard(self):
-        """The large-guard adapter, loaded from `config.large_guard` the first time it is needed."""
-        if self._large_guard is None:
-            ref = dict(self.model.config.large_guard)
-            if not ref.get("name_or_path") or not ref.get("kind"):
-                raise ValueError("This SafeRoute model has no large guard configured (config.large_guard).")
-            name, kind = ref.pop("name_or_path"), ref.pop("kind")
-            options = ref.pop("options", None) or {}
-            try:
-                self._large_guard = load_guard(name, kind, device=self.device, **ref, **options)
-            except Exception as err:
-                raise RuntimeError(
-                    f"Inputs were routed to the large guard {name!r} (kind {kind!r}) but it could not be "
-                    f"loaded: {err}. Pass route='never' to use the student alone."
-                ) from err
+        """The large-guard adapter, loaded from `config.large_guard` the first time it is needed
+        (once, also when several threads route their first inputs at the same time)."""
+        if self._large_guard is not None:
+            return self._large_guard
+        with self._large_guard_lock:
+            if self._large_guard is None:
+                self._large_guard = self._load_large_guard()
         return self._large_guard
+
+    def _load_large_guard(self):
+        ref = dict(self.model.config.large_guard)
+        if not ref.get("name_or_path") or not ref.get("kind"):
+            raise ValueError("This SafeRoute model has no large guard configured (config.large_guard).")
+        name, kind = ref.pop("name_or_path"), ref.pop("kind")
+        options = ref.pop("options", None) or {}
+        try:
+            return load_guard(name, kind, device=self.device, **ref, **options)
+        except Exception as err:
+            raise RuntimeError(
+                f"Inputs were routed to the large guard {name!r} (kind {kind!r}) but it could not be "
+                f"loaded: {err}. Pass route='never' to use the student alone."
+            ) from err
 
     # -- Pipeline API (each stage works on one batch) -------------------------------------------
     def _sanitize_parameters(self, threshold=None, router_threshold=None, route=None, autocast_dtype=None, **kwargs):
@@ -90,11 +99,12 @@ class SafeRoutePipeline(Pipeline):
             routed = [r > router_threshold for r in router]
         else:
             routed = [route == "always"] * len(student)
-        large = {}
+        large, large_cut = {}, {}
         routed_idx = [i for i, r in enumerate(routed) if r]
         if routed_idx:
             items = model_outputs["items"]
-            large = dict(zip(routed_idx, self.large_guard.score([items[i] for i in routed_idx])))
+            scores, cut = self.large_guard.score([items[i] for i in routed_idx], return_truncated=True)
+            large, large_cut = dict(zip(routed_idx, scores)), dict(zip(routed_idx, cut))
         results = []
         for i, (s, r) in enumerate(zip(student, router)):
             unsafe = large.get(i, s)
@@ -108,7 +118,7 @@ class SafeRoutePipeline(Pipeline):
                     "router_score": r,
                     "routed": routed[i],
                     "decided_by": "large_guard" if routed[i] else "student",
-                    "truncated": model_outputs["truncated"][i],
+                    "truncated": model_outputs["truncated"][i] or large_cut.get(i, False),
                 }
             )
         return results
