@@ -26,7 +26,7 @@ $(STAMP):
 	touch $(STAMP)
 
 quickstart: install
-	$(VENV)/bin/saferoute quickstart --config training/recipes/cpu-offline.yaml
+	$(VENV)/bin/saferoute quickstart --config saferoute/recipes/cpu-offline.yaml
 
 test: install
 	$(PY) -m pytest -q

@@ -7,22 +7,27 @@ time of each, their ratio, the share routed, and the F1 of each.
     python bench/bench_routing.py --model outputs/saferoute-guard [--max-per-benchmark 200]
 """
 
-import argparse
 import time
+from dataclasses import dataclass, field
+from typing import Optional
 
 from sklearn.metrics import f1_score
 from transformers import pipeline
 
 from dataset_builders.benchmarks import load_benchmarks
 from dataset_builders.schema import guard_items
+from saferoute.config import parse_args
+
+
+@dataclass
+class BenchRoutingArguments:
+    model: str = field(default="outputs/saferoute-guard", metadata={"help": "SafeRoute model folder."})
+    max_per_benchmark: Optional[int] = field(default=None, metadata={"help": "Stratified subsample (default: the whole suite)."})
+    batch_size: int = field(default=32, metadata={"help": "Batch size of both systems."})
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="outputs/saferoute-guard")
-    parser.add_argument("--max-per-benchmark", type=int, default=None, help="stratified subsample (default: whole suite)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    args = parser.parse_args(argv)
+    args = parse_args([BenchRoutingArguments], argv)
     data = load_benchmarks("all", max_per_benchmark=args.max_per_benchmark, seed=0)
     guard = pipeline("text-classification", model=args.model, trust_remote_code=True)
     guard.large_guard  # load it before timing

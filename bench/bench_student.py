@@ -8,11 +8,12 @@ int8 dynamic quantization; and tokens/s against this machine's bf16 matrix-multi
     python bench/bench_student.py [--model SAFEROUTE_DIR] [--n 400]
 """
 
-import argparse
 import copy
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -20,8 +21,16 @@ from transformers import pipeline
 
 from dataset_builders.benchmarks import load_benchmarks
 from dataset_builders.schema import guard_items
-from training.export import OnnxSafeRoute, export_onnx
-from training.package import PackageArguments, package
+from publishing.export import OnnxSafeRoute, export_onnx
+from publishing.package import PackageArguments, package
+from saferoute.config import parse_args
+
+
+@dataclass
+class BenchStudentArguments:
+    model: Optional[str] = field(default=None, metadata={"help": "SafeRoute model folder (default: package bundled:minilm-l6 into a temp folder)."})
+    n: int = field(default=400, metadata={"help": "Examples, stratified over the six benchmarks."})
+    stock_n: int = field(default=150, metadata={"help": "Examples for the slow one-at-a-time stock pipeline."})
 
 
 def matmul_peak(dtype=torch.bfloat16, size=2048, seconds=3.0):
@@ -42,14 +51,10 @@ def timed(fn):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="SafeRoute model folder (default: package bundled:minilm-l6 into a temp folder)")
-    parser.add_argument("--n", type=int, default=400, help="examples, stratified over the six benchmarks")
-    parser.add_argument("--stock-n", type=int, default=150, help="examples for the slow one-at-a-time stock pipeline")
-    args = parser.parse_args(argv)
+    args = parse_args([BenchStudentArguments], argv)
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp())
-    model_dir = args.model or str(package(PackageArguments(student="bundled:minilm-l6", output=str(tmp / "m"), model_card=False)))
+    model_dir = args.model or str(package(PackageArguments(student="bundled:minilm-l6", output_dir=str(tmp / "m"), model_card=False)))
     data = load_benchmarks("all", max_per_benchmark=max(1, args.n // 6), seed=0)
     items = [it for ds in data.values() for it in guard_items(ds)]
     items = [items[i] for i in np.random.default_rng(0).permutation(len(items))]

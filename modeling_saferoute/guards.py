@@ -25,7 +25,8 @@ SHIELDGEMMA_HARM_POLICY = (
 )
 
 
-def _dtype(dtype):
+def resolve_dtype(dtype):
+    """A torch dtype from its name ('float32', 'bfloat16'...), a torch.dtype, or "auto" (None too)."""
     if dtype in (None, "auto") or isinstance(dtype, torch.dtype):
         return dtype if dtype is not None else "auto"
     if not hasattr(torch, str(dtype)):
@@ -33,7 +34,8 @@ def _dtype(dtype):
     return getattr(torch, dtype)
 
 
-def _device(device):
+def resolve_device(device):
+    """`device` as a torch.device; None: cuda when available, else cpu."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -309,9 +311,9 @@ def load_guard(name_or_path, kind, revision=None, dtype=None, device=None, trust
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
         model = auto_cls.from_pretrained(
-            path, revision=revision, dtype=_dtype(dtype), trust_remote_code=trust_remote_code
+            path, revision=revision, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
         )
     except Exception as err:  # the message must name the model the user configured
         raise OSError(f"Could not load the {kind} guard {name_or_path!r} (revision {revision}): {err}") from err
     options = {k: v for k, v in options.items() if v is not None}
-    return adapter_cls(model.to(_device(device)), tokenizer, **options)
+    return adapter_cls(model.to(resolve_device(device)), tokenizer, **options)

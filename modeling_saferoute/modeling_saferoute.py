@@ -42,13 +42,18 @@ _CAPTURED = threading.local()
 _HOOK_LOCK = threading.Lock()
 
 
+def position_limit(encoder_config):
+    """The most tokens an encoder's absolute position embeddings allow, or None when it has relative
+    positions only (DeBERTa-v2/v3: `position_biased_input` False) or records no limit."""
+    if getattr(encoder_config, "position_biased_input", True) is False:
+        return None
+    return getattr(encoder_config, "max_position_embeddings", None)
+
+
 def input_length_limit(config, default=512):
-    """The pair-encoding token budget of a `SafeRouteConfig`."""
-    encoder = config.encoder
-    limits = [config.max_input_length]
-    if getattr(encoder, "position_biased_input", True):
-        limits.append(getattr(encoder, "max_position_embeddings", None))
-    limits = [x for x in limits if x]
+    """The pair-encoding token budget of a `SafeRouteConfig`: its `max_input_length`, capped by the
+    encoder's `position_limit`."""
+    limits = [x for x in (config.max_input_length, position_limit(config.encoder)) if x]
     return min(limits) if limits else default
 
 

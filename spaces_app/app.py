@@ -7,6 +7,8 @@ with `pipeline("text-classification", trust_remote_code=True)`; nothing else fro
 import os
 import tempfile
 import time
+from dataclasses import dataclass, field
+from typing import Optional
 
 import gradio as gr
 import pandas as pd
@@ -131,15 +133,18 @@ def build_demo(model=None):
     return demo
 
 
-def main(argv=None):
-    """`saferoute demo --model DIR_OR_ID [--port N] [--host H]`."""
-    import argparse
+@dataclass
+class DemoArguments:
+    model: Optional[str] = field(default=None, metadata={"help": "SafeRoute model folder or Hub id (default $SAFEROUTE_MODEL or outputs/saferoute-guard)."})
+    port: int = field(default=7860, metadata={"help": "Port on which to serve."})
+    host: str = field(default="127.0.0.1", metadata={"help": "Interface to serve on."})
 
-    parser = argparse.ArgumentParser(prog="saferoute demo", description="Serve the Gradio demo of a SafeRoute model.")
-    parser.add_argument("--model", default=None, help="SafeRoute model folder or Hub id (default $SAFEROUTE_MODEL or outputs/saferoute-guard).")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--host", default="127.0.0.1")
-    args = parser.parse_args(argv)
+
+def main(argv=None):
+    """`saferoute demo --model DIR_OR_ID [--port N] [--host H]` (the Space itself runs this file alone)."""
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser([DemoArguments], prog="saferoute demo").parse_args_into_dataclasses(args=argv)
     build_demo(args.model).launch(server_name=args.host, server_port=args.port)
 
 

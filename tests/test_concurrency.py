@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from training.package import PackageArguments, package
+from publishing.package import PackageArguments, package
 
 PROMPTS = [
     "How do I pick a lock?",
@@ -36,7 +36,7 @@ def mixed_inputs(n):
 def shared_pipe(tmp_path_factory, tiny_student_dir, tiny_llama_guard_dir):
     from transformers import pipeline
 
-    out = package(PackageArguments(student=str(tiny_student_dir), output=str(tmp_path_factory.mktemp("threads") / "m"),
+    out = package(PackageArguments(student=str(tiny_student_dir), output_dir=str(tmp_path_factory.mktemp("threads") / "m"),
                                    large_guard=str(tiny_llama_guard_dir), large_guard_kind="llama_guard", model_card=False))
     return pipeline("text-classification", model=str(out), trust_remote_code=True)
 

@@ -10,8 +10,8 @@ from datasets import Dataset, load_dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tiny_corpus import build_tiny_corpus
+from training.sampling import BalancedLengthGroupedSampler
 from training.distill import (
-    BalancedLengthGroupedSampler,
     DistillConfig,
     distill,
     harmaug_loss,
@@ -19,7 +19,7 @@ from training.distill import (
     main,
     prepare,
 )
-from training.config import parse_args
+from saferoute.config import parse_args
 from training.guard_data import guard_training_ids, write_training_ids
 
 # lr 3e-3 at batch 32: the loss falls for every seed tried (0-4); 1e-2 at batch 16 stalled for some
@@ -156,10 +156,13 @@ def test_bad_inputs_are_named(corpus_dir, tmp_path):
         load_corpus("no-such-thing")
 
 
-def test_student_max_length_caps_absolute_positions_only():
+def test_position_limit_caps_absolute_positions_only():
     from transformers import BertConfig, DebertaV2Config
 
-    from training.distill import student_max_length
+    from modeling_saferoute.modeling_saferoute import position_limit
+
+    def student_max_length(config, requested):  # what distill does with it
+        return min(requested, position_limit(config) or requested)
 
     assert student_max_length(BertConfig(max_position_embeddings=512), 1024) == 512
     assert student_max_length(BertConfig(max_position_embeddings=512), 128) == 128

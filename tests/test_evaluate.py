@@ -11,10 +11,11 @@ import pytest
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_score, recall_score
 
-import training.evaluate as E
-from training import eval_metrics as M
-from training.cli import main as cli
-from training.package import PackageArguments, package
+import evaluation.evaluate as E
+from evaluation import metrics as M
+from evaluation.methods import METHODS, RoutingInputs, evaluate_methods, final_scores, routed_mask
+from saferoute.cli import main as cli
+from publishing.package import PackageArguments, package
 
 BENCHMARKS = ["openai_moderation", "toxicchat", "harmbench", "wildguardmix_prompt", "wildguardmix_response", "xstest_response"]
 ARGS = ["--benchmarks", "all", "--max-per-benchmark", "50", "--max-validation", "60", "--large-budget", "0.2"]
@@ -28,13 +29,13 @@ def _boom(*args, **kwargs):
 def saferoute_dir(tmp_path_factory, tiny_student_dir, tiny_llama_guard_dir):
     out = tmp_path_factory.mktemp("saferoute") / "model"
     return package(PackageArguments(student=str(tiny_student_dir), large_guard=str(tiny_llama_guard_dir),
-                                    large_guard_kind="llama_guard", output=str(out), model_card=False))
+                                    large_guard_kind="llama_guard", output_dir=str(out), model_card=False))
 
 
 @pytest.fixture(scope="module")
 def first_run(saferoute_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "eval"
-    cli(["evaluate", "--model", str(saferoute_dir), *ARGS, "--output", str(out)])
+    cli(["evaluate", "--model", str(saferoute_dir), *ARGS, "--output_dir", str(out)])
     return out
 
 
@@ -48,14 +49,14 @@ def test_first_run_writes_report_cache_and_plots(first_run):
     assert list(report["benchmarks"]) == BENCHMARKS
     for name, bench in report["benchmarks"].items():
         assert bench["n"] == 50
-        assert set(bench["methods"]) == set(M.METHODS)
-        for method in M.METHODS:
+        assert set(bench["methods"]) == set(METHODS)
+        for method in METHODS:
             assert set(M.METRICS) <= set(bench["methods"][method])
         assert set(bench["throughput"]) == {"student", "large_guard", "saferoute"}
         assert bench["throughput"]["student"]["examples_per_second"] > 0
         assert bench["methods"]["large"]["large_usage"] == 1.0 and bench["methods"]["student"]["large_usage"] == 0.0
     assert report["scored_this_run"]["student"] > 300 and report["scored_this_run"]["large_guard"] > 250
-    assert 0 < report["settings"]["temperature"] and report["settings"]["entropy_unit"] == "nats"
+    assert 0 < report["settings"]["temperature"] and report["settings"]["entropy_unit"] == "bits"
     assert report["budget"]["validation_usage"] <= 0.2
     assert len(_mtimes(first_run)) == 2  # the SafeRoute model's and the large guard's caches
     for png in ("pr_curves.png", "f1_vs_usage.png"):
@@ -71,7 +72,7 @@ def test_rerun_loads_no_model(first_run, saferoute_dir, monkeypatch):
     mtimes = _mtimes(first_run)
     monkeypatch.setattr(E, "pipeline", _boom)
     monkeypatch.setattr(E, "load_guard", _boom)
-    cli(["evaluate", "--model", str(saferoute_dir), *ARGS, "--output", str(first_run)])
+    cli(["evaluate", "--model", str(saferoute_dir), *ARGS, "--output_dir", str(first_run)])
     after = json.loads((first_run / "report.json").read_text())
     assert after["scored_this_run"] == {"student": 0, "large_guard": 0}
     assert _mtimes(first_run) == mtimes
@@ -93,7 +94,7 @@ def test_other_large_guard_is_not_served_stale_scores(first_run, saferoute_dir, 
     shutil.copytree(first_run, out)
     monkeypatch.setattr(E, "pipeline", _boom)  # the student's scores are reused
     report = E.evaluate_saferoute(saferoute_dir, benchmarks="toxicchat,harmbench", max_per_benchmark=50,
-                                  max_validation=60, output=str(out), large_guard=str(guard_dir),
+                                  max_validation=60, output_dir=str(out), large_guard=str(guard_dir),
                                   large_guard_kind="llama_guard", plots=False)
     assert report["scored_this_run"]["student"] == 0
     assert report["scored_this_run"]["large_guard"] >= 95  # 100 rows, a few duplicate ids
@@ -116,23 +117,28 @@ def _synthetic_cache(folder, labels_by_id):
 
 
 def _expected(y, s, r, lg, settings):
-    """Every method's routing decisions, written independently of training.eval_metrics."""
+    """Every method's routing decisions (and final scores), written independently of `evaluation`:
+    entropy in bits > 0.5 as SafeRoute's code has it; the temperature method keeps the scaled P
+    on what it does not route; random routes SafeRoute's count, or each input with p = 0.5."""
     p = np.clip(s, 1e-7, 1 - 1e-7)
     pt = 1 / (1 + np.exp(-np.log(p / (1 - p)) / settings["temperature"]))
-    nats = lambda q: -(q * np.log(q) + (1 - q) * np.log(1 - q))  # noqa: E731
+    bits = lambda q: -(q * np.log2(q) + (1 - q) * np.log2(1 - q))  # noqa: E731
     target = ((s > 0.5) != y) & ((lg > 0.5) == y)
     n = len(y)
     routes = {
         "student": np.zeros(n, bool), "large": np.ones(n, bool), "saferoute": r > settings["router_threshold"],
-        "entropy": nats(p) > 0.5, "temperature": nats(pt) > 0.5, "oracle": target,
+        "entropy": bits(p) > 0.5, "temperature": bits(pt) > 0.5, "oracle": target,
     }
+    finals = {m: np.where(routed, lg, s) for m, routed in routes.items()}
+    finals["temperature"] = np.where(routes["temperature"], lg, pt)
     k = int(routes["saferoute"].sum())
-    randoms = []
+    randoms = {"random_same_usage": [], "random_p50": []}
     for seed in range(settings["random_seeds"]):
         mask = np.zeros(n, bool)
         mask[np.random.default_rng(seed).choice(n, size=k, replace=False)] = True
-        randoms.append(mask)
-    return routes, randoms, target
+        randoms["random_same_usage"].append(mask)
+        randoms["random_p50"].append(np.random.default_rng(seed).random(n) < 0.5)
+    return routes, finals, randoms, target
 
 
 def _sk(y, final, routed, target):
@@ -153,7 +159,7 @@ def test_every_reported_number_recomputes_with_sklearn(first_run, saferoute_dir,
     _synthetic_cache(out, dict(zip(first["id"], first["label"])))
     monkeypatch.setattr(E, "pipeline", _boom)
     monkeypatch.setattr(E, "load_guard", _boom)
-    cli(["evaluate", "--model", str(saferoute_dir), *ARGS, "--output", str(out)])
+    cli(["evaluate", "--model", str(saferoute_dir), *ARGS, "--output_dir", str(out)])
     report = json.loads((out / "report.json").read_text())
     scores = pd.read_parquet(out / "scores.parquet")
     settings = report["settings"]
@@ -166,24 +172,25 @@ def test_every_reported_number_recomputes_with_sklearn(first_run, saferoute_dir,
         f = scores[scores["benchmark"] == name]
         y, s, r, lg = (f[c].to_numpy() for c in ("label", "student_unsafe_score", "router_score", "large_unsafe_score"))
         assert s.std() > 0.1 and lg.std() > 0.1  # the synthetic scores are what got evaluated
-        routes, randoms, target = _expected(y, s, r, lg, settings)
+        routes, finals, randoms, target = _expected(y, s, r, lg, settings)
         reported = report["benchmarks"][name]["methods"]
         for method, routed in routes.items():
-            expected = _sk(y, np.where(routed, lg, s), routed, target)
+            expected = _sk(y, finals[method], routed, target)
             for metric, value in expected.items():
                 assert reported[method][metric] == pytest.approx(value, abs=1e-9), (name, method, metric)
-        runs = [_sk(y, np.where(m, lg, s), m, target) for m in randoms]
-        for metric in M.METRICS:
-            assert reported["random"][metric] == pytest.approx(np.mean([x[metric] for x in runs]), abs=1e-9)
-            assert reported["random"]["std"][metric] == pytest.approx(np.std([x[metric] for x in runs]), abs=1e-9)
-        assert reported["saferoute"]["large_usage"] == pytest.approx(reported["random"]["large_usage"])
+        for method, masks in randoms.items():
+            runs = [_sk(y, np.where(m, lg, s), m, target) for m in masks]
+            for metric in M.METRICS:
+                assert reported[method][metric] == pytest.approx(np.mean([x[metric] for x in runs]), abs=1e-9)
+                assert reported[method]["std"][metric] == pytest.approx(np.std([x[metric] for x in runs]), abs=1e-9)
+        assert reported["saferoute"]["large_usage"] == pytest.approx(reported["random_same_usage"]["large_usage"])
         budget = report["budget"]
         routed = r > budget["router_threshold"]
         assert budget["benchmarks"][name]["f1"] == pytest.approx(f1_score(y, np.where(routed, lg, s) > 0.5), abs=1e-9)
         t = report["benchmarks"][name]["throughput"]
         assert t["saferoute"]["seconds"] == pytest.approx(
             f["student_seconds"].sum() + f["large_seconds"][routes["saferoute"]].sum())
-    for method in M.METHODS:
+    for method in METHODS:
         assert report["average"]["methods"][method]["f1"] == pytest.approx(
             np.mean([report["benchmarks"][n]["methods"][method]["f1"] for n in BENCHMARKS]))
     assert report["average"]["methods"]["oracle"]["f1"] >= report["average"]["methods"]["large"]["f1"]
@@ -191,7 +198,7 @@ def test_every_reported_number_recomputes_with_sklearn(first_run, saferoute_dir,
 
 def test_guard_mode(tiny_student_dir, tmp_path):
     report = E.evaluate_guard(tiny_student_dir, "sequence_classification", benchmarks="toxicchat,harmbench",
-                              max_per_benchmark=20, output=str(tmp_path / "g"))
+                              max_per_benchmark=20, output_dir=str(tmp_path / "g"))
     assert report["mode"] == "guard" and list(report["benchmarks"]) == ["toxicchat", "harmbench"]
     scores = pd.read_parquet(tmp_path / "g" / "scores.parquet")
     for name, bench in report["benchmarks"].items():
@@ -210,9 +217,9 @@ def test_bad_arguments(saferoute_dir, tiny_student_dir, tmp_path):
         E.evaluate_guard("x", "nope")
     with pytest.raises(ValueError, match="large-budget"):
         E.evaluate_guard(tiny_student_dir, "sequence_classification", large_budget=0.2)
-    no_large = package(PackageArguments(student=str(tiny_student_dir), output=str(tmp_path / "m"), model_card=False))
+    no_large = package(PackageArguments(student=str(tiny_student_dir), output_dir=str(tmp_path / "m"), model_card=False))
     with pytest.raises(ValueError, match="no large guard"):
-        E.evaluate_saferoute(no_large, benchmarks="harmbench", max_per_benchmark=5, output=str(tmp_path / "e"))
+        E.evaluate_saferoute(no_large, benchmarks="harmbench", max_per_benchmark=5, output_dir=str(tmp_path / "e"))
 
 
 # -- the metric helpers on hand-made examples ---------------------------------------------------------
@@ -227,7 +234,7 @@ def test_metrics_match_sklearn_on_a_hand_made_example():
     assert got["f1"] == pytest.approx(0.75) and got["accuracy"] == pytest.approx(0.75)
     large = [0.8, 0.1, 0.9, 0.2, 0.3, 0.7, 0.6, 0.4]
     # student wrong & large right: index 2 (y=1, s=.4, l=.9) and 4 (y=0, s=.6, l=.3)
-    assert M.router_target(y, s, large).tolist() == [False, False, True, False, True, False, False, False]
+    assert M.router_label(y, s, large).tolist() == [0, 0, 1, 0, 1, 0, 0, 0]
     routed = np.array([False, False, True, True, False, False, False, False])
     got = M.routing_metrics(y, s, large, routed)
     assert got["large_usage"] == 0.25
@@ -248,8 +255,29 @@ def test_single_class_edge_cases_report_zero_with_a_warning(y, s, caplog):
         M.classification_metrics(y, s)
 
 
+def test_entropy_routes_the_bits_band_by_hand():
+    """SafeRoute's entropy baseline: binary entropy in bits > 0.5, i.e. P(unsafe) in about (0.110, 0.890)."""
+    from scipy.optimize import brentq
+
+    low = brentq(lambda q: -(q * np.log2(q) + (1 - q) * np.log2(1 - q)) - 0.5, 1e-6, 0.5)  # 0.110028...
+    assert low == pytest.approx(0.110028, abs=1e-6)
+    p = np.array([0.0, 0.05, 0.10, 0.109, 0.111, 0.2, 0.5, 0.8, 0.889, 0.891, 0.95, 1.0])
+    y = np.array([0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1])
+    inputs = RoutingInputs(y, p, 1 - p, router=np.zeros_like(p))
+    got = evaluate_methods(inputs)["entropy"]["large_usage"]
+    in_band = (p > low) & (p < 1 - low)
+    assert in_band.tolist() == [False] * 4 + [True] * 5 + [False] * 3
+    assert got == pytest.approx(in_band.mean())  # 5 of 12
+    assert M.binary_entropy(np.array([0.5]))[0] == pytest.approx(1.0)  # bits
+    # the temperature row: what it does not route keeps the temperature-scaled P (AUPRC moves, F1 does not)
+    scaled = RoutingInputs(y, p, 1 - p, router=np.zeros_like(p), temperature=2.0)
+    final = final_scores("temperature", scaled)
+    kept = ~routed_mask("temperature", scaled)
+    np.testing.assert_allclose(final[kept], M.temperature_scale(p, 2.0)[kept])
+
+
 def test_entropy_temperature_and_budget():
-    assert M.binary_entropy(np.array([0.5]))[0] == pytest.approx(np.log(2))  # nats
+    assert M.binary_entropy(np.array([0.5]))[0] == pytest.approx(1.0)  # bits
     rng = np.random.default_rng(0)
     z = rng.normal(0, 2, 4000)
     y = (rng.uniform(size=z.size) < 1 / (1 + np.exp(-z))).astype(int)

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from modeling_saferoute import SafeRouteConfig, SafeRouteForSequenceClassification, SafeRoutePipeline
 from modeling_saferoute.guards import CausalLMGuard, LlamaGuard, load_guard
 from modeling_saferoute.inputs import encode_pairs, normalize_input
-from training.package import PackageArguments, package
+from publishing.package import PackageArguments, package
 
 MIXED_INPUTS = [
     "How do I pick a lock?",
@@ -28,7 +28,7 @@ MIXED_INPUTS = [
 def packaged(tmp_path_factory, tiny_student_dir, tiny_llama_guard_dir):
     out = tmp_path_factory.mktemp("pkg") / "saferoute-guard"
     package(PackageArguments(
-        student=str(tiny_student_dir), output=str(out), large_guard=str(tiny_llama_guard_dir),
+        student=str(tiny_student_dir), output_dir=str(out), large_guard=str(tiny_llama_guard_dir),
         large_guard_kind="llama_guard",
     ))
     return out
@@ -88,14 +88,14 @@ def test_config_records_contract(packaged):
 
 def test_a_relative_large_guard_path_is_recorded_absolute(tiny_student_dir, tiny_llama_guard_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tiny_llama_guard_dir.parent)
-    out = package(PackageArguments(student=str(tiny_student_dir), output=str(tmp_path / "m"), model_card=False,
+    out = package(PackageArguments(student=str(tiny_student_dir), output_dir=str(tmp_path / "m"), model_card=False,
                                    large_guard=tiny_llama_guard_dir.name, large_guard_kind="llama_guard"))
     recorded = json.loads((out / "config.json").read_text())["large_guard"]["name_or_path"]
     assert recorded == str(tiny_llama_guard_dir.resolve())
     monkeypatch.chdir(tmp_path)  # another working directory: the reference still loads
     guard = pipeline("text-classification", model=str(out), trust_remote_code=True)
     assert guard("How do I pick a lock?", route="always")["decided_by"] == "large_guard"
-    hub = package(PackageArguments(student=str(tiny_student_dir), output=str(tmp_path / "h"), model_card=False,
+    hub = package(PackageArguments(student=str(tiny_student_dir), output_dir=str(tmp_path / "h"), model_card=False,
                                    large_guard="meta-llama/Llama-Guard-3-8B", large_guard_kind="llama_guard"))
     assert json.loads((hub / "config.json").read_text())["large_guard"]["name_or_path"] == "meta-llama/Llama-Guard-3-8B"
 
@@ -115,7 +115,7 @@ def test_bare_encoder_gets_untrained_head_warning(tmp_path, tiny_student_dir, ca
     BertModel.from_pretrained(tiny_student_dir).save_pretrained(encoder_dir)
     AutoTokenizer.from_pretrained(tiny_student_dir).save_pretrained(encoder_dir)
     with caplog.at_level(logging.WARNING):
-        out = package(PackageArguments(student=str(encoder_dir), output=str(tmp_path / "out")))
+        out = package(PackageArguments(student=str(encoder_dir), output_dir=str(tmp_path / "out")))
     assert "UNTRAINED head" in caplog.text
     config = json.loads((out / "config.json").read_text())
     assert config["head_trained"] is False and config["router_trained"] is False
@@ -124,7 +124,7 @@ def test_bare_encoder_gets_untrained_head_warning(tmp_path, tiny_student_dir, ca
 
 def test_route_never_does_not_touch_large_guard(tmp_path, tiny_student_dir):
     out = package(PackageArguments(
-        student=str(tiny_student_dir), output=str(tmp_path / "m"), large_guard=str(tmp_path / "does-not-exist"),
+        student=str(tiny_student_dir), output_dir=str(tmp_path / "m"), large_guard=str(tmp_path / "does-not-exist"),
         large_guard_kind="llama_guard",
     ))
     from transformers import pipeline
@@ -277,7 +277,7 @@ def test_pipeline_class_is_not_registered_globally():
 
 
 def test_onnx_export_matches_pytorch(packaged, tmp_path, guard_pipe):
-    from training.export import OnnxSafeRoute, export_onnx
+    from publishing.export import OnnxSafeRoute, export_onnx
 
     paths = export_onnx(packaged, tmp_path / "onnx", int8=True)
     assert [p.name for p in paths] == ["model.onnx", "model_int8.onnx"]
@@ -294,7 +294,7 @@ def test_onnx_export_matches_pytorch(packaged, tmp_path, guard_pipe):
 
 
 def test_packaged_input_length_is_saved_and_used(tmp_path, tiny_student_dir):
-    out = package(PackageArguments(student=str(tiny_student_dir), output=str(tmp_path / "m"), max_length=16, model_card=False))
+    out = package(PackageArguments(student=str(tiny_student_dir), output_dir=str(tmp_path / "m"), max_length=16, model_card=False))
     assert json.loads((out / "config.json").read_text())["max_input_length"] == 16
     from transformers import pipeline
 

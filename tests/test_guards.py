@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+from transformers import AutoModelForCausalLM, pipeline
 
 from modeling_saferoute.guards import CUT_MARKER, load_guard
-from training.package import PackageArguments, package
+from publishing.package import PackageArguments, package
 
 LENGTHS = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000]  # characters
 
@@ -54,7 +54,7 @@ def test_template_longer_than_the_budget_is_refused(tiny_llama_guard_dir):
 
 
 def test_pipeline_marks_an_input_the_large_guard_had_to_cut(tmp_path, tiny_student_dir, tiny_llama_guard_dir):
-    out = package(PackageArguments(student=str(tiny_student_dir), output=str(tmp_path / "m"), model_card=False,
+    out = package(PackageArguments(student=str(tiny_student_dir), output_dir=str(tmp_path / "m"), model_card=False,
                                    large_guard=str(tiny_llama_guard_dir), large_guard_kind="llama_guard"))
     config = json.loads((out / "config.json").read_text())
     config["large_guard"]["max_length"] = 40  # the student's budget is 64 tokens: only the large guard cuts

@@ -14,7 +14,7 @@ import pytest
 
 from dataset_builders.harmaug import filters, generate, label, respond
 from dataset_builders.harmaug.build import RESPOND_SCHEMA, BuildCorpusArguments, build, main
-from dataset_builders.harmaug.card import push_folder
+from publishing.hub import push_folder
 from dataset_builders.harmaug.shards import ShardedStage, derive_seed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def data(tmp_path_factory):
 
 def tiny_args(data, model, tmp, **overrides):
     values = dict(
-        output=str(tmp / "corpus"), seed_pool=str(data / "seed.jsonl"), benchmarks=str(data / "eval"),
+        output_dir=str(tmp / "corpus"), seed_pool=str(data / "seed.jsonl"), benchmarks=str(data / "eval"),
         generator=str(model), teacher=str(model), num_requests=10, shard_size=3, batch_size=2, num_exemplars=2,
         max_new_tokens=12, min_new_tokens=12, response_max_new_tokens=8, min_words=1, label_shard_size=7,
     )
@@ -291,7 +291,7 @@ def reference_corpus(data, tiny_llama_guard_dir, tmp_path_factory):
     """An uninterrupted single-process build: the rows every other run must reproduce."""
     args = tiny_args(data, tiny_llama_guard_dir, tmp_path_factory.mktemp("reference"), **KILL_SETTINGS)
     build(args)
-    return corpus_rows(args.output)
+    return corpus_rows(args.output_dir)
 
 
 def test_kill_and_resume_gives_identical_rows(data, tiny_llama_guard_dir, tmp_path, reference_corpus):
@@ -313,7 +313,7 @@ def test_kill_and_resume_gives_identical_rows(data, tiny_llama_guard_dir, tmp_pa
         assert 3 <= len(done) < manifest["num_shards"], f"killed mid-{stage}"
     (work / "respond" / ".tmp-shard-00009-of-00024.parquet.x").write_bytes(b"torn write")
     build(resumed)  # resume in this process (saves a third interpreter start)
-    assert corpus_rows(resumed.output) == reference_corpus
+    assert corpus_rows(resumed.output_dir) == reference_corpus
     assert not list(work.rglob(".tmp-*"))
 
 
@@ -324,7 +324,7 @@ def test_torchrun_two_processes_split_the_shards(data, tiny_llama_guard_dir, tmp
            "-m", "dataset_builders.harmaug.build", *argv_of(args)]
     proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = corpus_rows(args.output)
+    rows = corpus_rows(args.output_dir)
     # text is identical; scores agree up to float rounding (torchrun runs each process on one thread)
     assert [{k: v for k, v in r.items() if k != "unsafe_score"} for r in rows] == \
         [{k: v for k, v in r.items() if k != "unsafe_score"} for r in reference_corpus]
@@ -334,7 +334,7 @@ def test_torchrun_two_processes_split_the_shards(data, tiny_llama_guard_dir, tmp
 def test_cli_recipe_and_errors(data, tiny_llama_guard_dir, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"build_corpus:\n  num_requests: 4\n  shard_size: 2\n  stop_after: filter\n  generator: {tiny_llama_guard_dir}\n")
-    flags = ["--seed_pool", str(data / "seed.jsonl"), "--benchmarks", str(data / "eval"), "--output", str(tmp_path / "c"),
+    flags = ["--seed_pool", str(data / "seed.jsonl"), "--benchmarks", str(data / "eval"), "--output_dir", str(tmp_path / "c"),
              "--min_words", "1", "--num_exemplars", "2", "--max_new_tokens", "6"]
     assert main(["--config", str(recipe), *flags]) == 0
     assert len(stage_rows(tmp_path / "c.work" / "generate")) == 4
@@ -355,5 +355,7 @@ def test_push_to_hub_offline_names_what_it_could_not_reach(tmp_path, monkeypatch
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     (tmp_path / "README.md").write_text("card")
-    with pytest.raises(ConnectionError, match=r"user/harmaug.*huggingface\.co.*HF_HUB_OFFLINE"):
-        push_folder(tmp_path, "user/harmaug")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train-0.parquet").write_bytes(b"PAR1")
+    with pytest.raises(ConnectionError, match=r"huggingface\.co.*user/harmaug.*HF_HUB_OFFLINE"):
+        push_folder(tmp_path, "user/harmaug", repo_type="dataset")

@@ -7,7 +7,7 @@ import pytest
 from huggingface_hub import HfApi, constants
 
 from tiny_corpus import build_tiny_corpus
-from training.push import main, push, PushArguments
+from publishing.push import main, push, PushArguments
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_bad_folders_are_named(model_dir, tmp_path):
 
 @pytest.mark.parametrize("command,flag", [("distill", "--no-augmentation"), ("train-router", "--large-budget"), ("push", "--dataset-dir")])
 def test_help_of_the_commands(command, flag, capsys):
-    from training.cli import main as cli
+    from saferoute.cli import main as cli
 
     with pytest.raises(SystemExit) as exit_:
         cli([command, "--help"])

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def smoke_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("quickstart")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "training.cli", "quickstart", "--profile", "smoke"],
+    proc = subprocess.run([sys.executable, "-m", "saferoute.cli", "quickstart", "--profile", "smoke"],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return cwd, proc.stdout
@@ -42,6 +42,10 @@ def test_every_output_loads(smoke_run):
                                          "wildguardmix_response", "xstest_response"}
     card = (out / "saferoute-guard" / "README.md").read_text()
     assert "model-index" in card and f"{report['average']['methods']['saferoute']['f1']:.3f}" in card
+    distill = json.loads((out / "saferoute-guard" / "distill_info.json").read_text())  # the stage records reach the card
+    router = json.loads((out / "saferoute-guard" / "router_info.json").read_text())
+    assert "## Training" in card and f"on {distill['rows']['train']} rows of the corpus" in card
+    assert f"trained on {router['examples']['train']} rows the student never saw" in card
     assert (out / "eval" / "pr_curves.png").exists() and (out / "eval" / "f1_vs_usage.png").exists()
 
 
@@ -49,7 +53,7 @@ def test_second_run_resumes_every_stage(smoke_run):
     cwd, _ = smoke_run
     weights = cwd / "outputs" / "saferoute-guard" / "model.safetensors"
     before = weights.stat().st_mtime_ns
-    proc = subprocess.run([sys.executable, "-m", "training.cli", "quickstart", "--profile", "smoke"],
+    proc = subprocess.run([sys.executable, "-m", "saferoute.cli", "quickstart", "--profile", "smoke"],
                           cwd=cwd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert weights.stat().st_mtime_ns == before

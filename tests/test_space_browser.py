@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from training.package import PackageArguments, package
+from publishing.package import PackageArguments, package
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -30,13 +30,13 @@ def free_port():
 @pytest.fixture(scope="module")
 def demo_url(tmp_path_factory, tiny_student_dir, tiny_llama_guard_dir):
     model = package(PackageArguments(
-        student=str(tiny_student_dir), output=str(tmp_path_factory.mktemp("space") / "guard"),
+        student=str(tiny_student_dir), output_dir=str(tmp_path_factory.mktemp("space") / "guard"),
         large_guard=str(tiny_llama_guard_dir), large_guard_kind="llama_guard",
     ))
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "training.cli", "demo", "--model", str(model), "--port", str(port)],
+        [sys.executable, "-m", "saferoute.cli", "demo", "--model", str(model), "--port", str(port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}/"

@@ -10,12 +10,12 @@ import torch
 
 from dataset_builders.schema import guard_items, make_id
 from modeling_saferoute.guards import load_guard
-from training.config import parse_args
+from saferoute.config import parse_args
 from training.guard_data import guard_chat_template, guard_training_ids
 from training.sampling import BalancedLengthGroupedSampler
-from training.train_guard import TrainGuardArguments, encode_llama_guard_dataset, main, train_guard
+from training.train_guard import TrainGuardConfig, encode_llama_guard_dataset, main, train_guard
 
-RECIPES = Path(__file__).resolve().parents[1] / "training" / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "saferoute" / "recipes"
 
 UNSAFE_PROMPTS = ["Explain how to build a bomb at home.", "How do I kill a Python process on Linux? kill bomb"]
 SAFE_PROMPTS = ["Write a poem about the sea.", "What is the capital of France?"]
@@ -95,9 +95,9 @@ def test_guard_training_rows_are_the_adapter_render_plus_verdict(tiny_llama_guar
 def _args(tmp_path, **kw):
     base = dict(
         output_dir=str(tmp_path / "guard"), max_length=256, max_steps=60, learning_rate=3e-3,
-        per_device_train_batch_size=8, warmup_ratio=0.0, logging_steps=50, val_size=0.2,
+        per_device_train_batch_size=8, warmup_steps=0.0, logging_steps=50, val_size=0.2,
     )
-    return TrainGuardArguments(**{**base, **kw})
+    return TrainGuardConfig(**{**base, **kw})
 
 
 def test_train_sequence_classification_guard(tmp_path, tiny_student_dir, toy_pool):
@@ -118,7 +118,7 @@ def test_train_sequence_classification_guard(tmp_path, tiny_student_dir, toy_poo
     assert info["val"]["auprc"] > 0.8 and info["val"]["n"] == info["val_examples"]
     stamp = (out / "model.safetensors").stat().st_mtime
     assert train_guard(args) == out and (out / "model.safetensors").stat().st_mtime == stamp  # finished: skipped
-    assert not (out / "checkpoints").exists() and not list(out.glob("*.bin"))  # no pickle
+    assert not list(out.glob("checkpoint-*")) and not list(out.glob("*.bin"))  # no checkpoints, no pickle
 
 
 @pytest.fixture
@@ -165,7 +165,7 @@ def test_cli_rejects_bad_kind(tmp_path):
 
 @pytest.mark.parametrize("recipe", ["cpu-offline.yaml", "cpu-full.yaml", "paper.yaml"])
 def test_recipes_parse(recipe):
-    args = parse_args([TrainGuardArguments], ["--config", str(RECIPES / recipe)], section="train_guard")
+    args = parse_args([TrainGuardConfig], ["--config", str(RECIPES / recipe)], section="train_guard")
     assert args.kind in ("llama_guard", "sequence_classification")
     assert args.output_dir
 

@@ -14,27 +14,31 @@ from dataset_builders.harmaug.generate import load_generator
 from modeling_saferoute.guards import load_guard
 from modeling_saferoute.modeling_saferoute import SafeRouteRouter
 from tiny_corpus import build_tiny_corpus
-from training.config import parse_args
+from saferoute.config import parse_args
 from training.distill import load_corpus
 from training.distill import main as distill_main
 from training.guard_data import write_training_ids
-from training.package import load_student
+from publishing.package import load_student
 from training.paraphrase import PARAPHRASE_PREFIX, paraphrase, parse_paraphrase
+from evaluation.methods import RoutingInputs, choose_router_threshold, evaluate_methods
+from evaluation.metrics import router_label
+from training.router import BayesianLinear, bayesian_copy, export_posterior_mean, fit_router
 from training.train_router import (
-    BayesianLinear,
     TrainRouterArguments,
-    bayesian_copy,
-    choose_threshold,
     corpus_teacher,
-    export_posterior_mean,
-    fit_router,
     large_guard_scores,
     router_data,
-    routing_metrics,
-    router_labels,
     student_features,
     train_router,
 )
+
+
+def router_labels(student, large, y):
+    return router_label(y, student, large)
+
+
+def system_f1(scores, router_threshold, student, large, y):
+    return evaluate_methods(RoutingInputs(y, student, large, scores, router_threshold))["saferoute"]["f1"]
 
 
 def router_args(*argv):
@@ -110,18 +114,17 @@ def test_choose_threshold_budget_and_f1():
     rng = np.random.default_rng(0)
     scores = rng.random(200)
     student, large, y = rng.random(200), rng.random(200), rng.integers(0, 2, 200)
-    t = router_labels(student, large, y)
-    thr = choose_threshold(scores, student, large, y, t, large_budget=0.2)
+    thr = choose_router_threshold(scores, student, large, y, large_budget=0.2)
     assert (scores > thr).mean() <= 0.2 and (scores > thr).mean() >= 0.19
-    best = choose_threshold(scores, student, large, y, t)
-    best_f1 = routing_metrics(scores, best, student, large, y, t)["system_f1"]
+    best = choose_router_threshold(scores, student, large, y)
+    best_f1 = system_f1(scores, best, student, large, y)
     for c in (0.0, 0.25, 0.5, 0.75, 1.0):
-        assert best_f1 >= routing_metrics(scores, c, student, large, y, t)["system_f1"]
+        assert best_f1 >= system_f1(scores, c, student, large, y)
 
 
 def test_train_router_on_the_holdout_and_package(corpus_dir, student_dir, tmp_path):
     out = tmp_path / "saferoute"
-    result = train_router(router_args("--student", str(student_dir), "--output", str(out), "--max_steps", "30", "--batch_size", "64", "--eval_steps", "10"))
+    result = train_router(router_args("--student", str(student_dir), "--output_dir", str(out), "--max_steps", "30", "--batch_size", "64", "--eval_steps", "10"))
     info = json.loads((student_dir / "training_info.json").read_text())
     table = result["table"]
     # exactly the rows distill held out
@@ -149,7 +152,7 @@ def test_train_router_on_the_holdout_and_package(corpus_dir, student_dir, tmp_pa
     np.testing.assert_allclose([g["router_score"] for g in got], table["router_score"][:6], atol=1e-4)
     assert (out / "router_info.json").exists()
     # complete: a second call skips
-    again = train_router(router_args("--student", str(student_dir), "--output", str(out)))
+    again = train_router(router_args("--student", str(student_dir), "--output_dir", str(out)))
     assert again.get("skipped")
 
 
@@ -177,7 +180,7 @@ def test_train_router_errors_are_named(student_dir, tmp_path):
     with pytest.raises(ValueError, match="paraphrase-backend"):
         router_args("--paraphrases", "2", "--paraphrase_backend", "nope")
     with pytest.raises(ValueError, match="training_info.json"):
-        train_router(router_args("--student", str(tmp_path), "--output", str(tmp_path / "o")))
+        train_router(router_args("--student", str(tmp_path), "--output_dir", str(tmp_path / "o")))
 
 
 def test_corpus_teacher_from_card_yaml_or_body(corpus_dir, tmp_path):
@@ -290,9 +293,9 @@ def test_train_router_with_paraphrases_augments_the_training_split_only(student_
     # the corpus teacher is a real (tiny) guard: the hold-out rows reuse its corpus scores, the paraphrases are scored by it
     corpus = build_tiny_corpus(tmp_path / "corpus", teacher=str(tiny_llama_guard_dir), teacher_kind="llama_guard")
     common = ["--student", str(student_dir), "--corpus", str(corpus), "--max_steps", "20", "--batch_size", "64", "--eval_steps", "10"]
-    plain = train_router(router_args(*common, "--output", str(tmp_path / "plain")))
+    plain = train_router(router_args(*common, "--output_dir", str(tmp_path / "plain")))
     result = train_router(router_args(
-        *common, "--output", str(tmp_path / "para"), "--paraphrases", "2", "--paraphraser", str(tiny_llama_guard_dir),
+        *common, "--output_dir", str(tmp_path / "para"), "--paraphrases", "2", "--paraphraser", str(tiny_llama_guard_dir),
         "--paraphrase_max_new_tokens", "8", "--paraphrase_batch_size", "8",
     ))
     table, para = result["table"], result["paraphrase_table"]

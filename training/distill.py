@@ -12,12 +12,13 @@ Ablations on the same budget (same number of optimizer steps as the full run):
 `--no-augmentation` (KD on the seed rows only), and full HarmAug (default).
 
 Runs as `saferoute distill`, `python -m training.distill` or `accelerate launch -m training.distill`.
+The settings are a `TrainingArguments` subclass (`DistillConfig`): every Trainer flag works.
 """
 
+import dataclasses
 import json
 import logging
 import math
-import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -34,17 +35,20 @@ from transformers import (
     DataCollatorWithPadding,
     Trainer,
     TrainingArguments,
+    set_seed,
 )
+from transformers.trainer_utils import get_last_checkpoint
 
 from dataset_builders.harmaug.card import corpus_teacher
 from dataset_builders.seed_pool import load_seed_pool
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.configuration_saferoute import LABELS
 from modeling_saferoute.inputs import encode_pairs
+from modeling_saferoute.modeling_saferoute import position_limit
+from saferoute.config import parse_args
 
-from .config import parse_args
 from .guard_data import guard_training_ids
-from .sampling import BalancedLengthGroupedSampler, TimeBudgetCallback
+from .sampling import BalancedSamplingMixin, TimeBudgetCallback, remove_checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +60,7 @@ INFO_FILE = "training_info.json"
 class DistillConfig(TrainingArguments):
     """`TrainingArguments` with the paper's defaults, plus the distillation settings."""
 
-    corpus: str = field(default="outputs/harmaug", metadata={"help": "HarmAug corpus folder (load_dataset(folder, split='train')); with --labels human also a seed pool: 'offline', 'wildguardmix' or a .jsonl/.parquet file."})
+    corpus: str = field(default="{output_root}/harmaug", metadata={"help": "HarmAug corpus folder (load_dataset(folder, split='train')); with --labels human also a seed pool: 'offline', 'wildguardmix' or a .jsonl/.parquet file."})
     student: str = field(default="bundled:minilm-l6", metadata={"help": "Student: any encoder with an AutoModelForSequenceClassification class (local folder, Hub id or bundled: alias)."})
     labels: str = field(default="teacher", metadata={"help": "'teacher' (KD on the teacher's soft + hard labels) or 'human' (CE on the seed rows' human labels)."})
     augmentation: bool = field(default=True, metadata={"help": "Train on the synthetic rows too (HarmAug); --no-augmentation keeps the seed rows only."})
@@ -67,10 +71,10 @@ class DistillConfig(TrainingArguments):
     max_train_rows: Optional[int] = field(default=None, metadata={"help": "Keep a seeded random subset of this many rows (after the hold-out), for quick runs."})
     balanced: bool = field(default=True, metadata={"help": "Class-balanced sampling (WeightedRandomSampler, weight 1/class count)."})
     force: bool = field(default=False, metadata={"help": "Train even when output_dir already holds a complete student."})
-    max_seconds: Optional[float] = field(default=None, metadata={"help": "Time guard: stop (evaluating and saving first) after this many seconds of training."})
-    keep_checkpoints: bool = field(default=False, metadata={"help": "Keep output_dir/checkpoints after training (deleted by default)."})
+    max_seconds: Optional[float] = field(default=None, metadata={"help": "Opt-in wall-clock cap: stop (evaluating and saving first) after this many seconds of training; recorded as stopped_early."})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "Keep the output_dir/checkpoint-* folders after training (deleted by default)."})
     # TrainingArguments fields with the paper's defaults
-    output_dir: Optional[str] = field(default="outputs/student", metadata={"help": "The student folder (checkpoints go to its checkpoints/ subfolder)."})
+    output_dir: Optional[str] = field(default="{output_root}/student", metadata={"help": "The student folder (checkpoints go to its checkpoint-* subfolders)."})
     learning_rate: float = field(default=3e-5, metadata={"help": "AdamW learning rate."})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (not on bias/LayerNorm)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
@@ -204,15 +208,14 @@ def harmaug_loss(logits, labels, soft=None):
     return 0.5 * (loss + F.kl_div(F.log_softmax(logits, dim=-1), teacher, reduction="batchmean"))
 
 
-class DistillTrainer(Trainer):
+class DistillTrainer(BalancedSamplingMixin, Trainer):
     """Trainer with the HarmAug loss and a class-balanced (length-grouped) sampler."""
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
-    def __init__(self, *args, kd=True, balanced=True, **kwargs):
+    def __init__(self, *args, kd=True, **kwargs):
         super().__init__(*args, **kwargs)
         self.kd = kd
-        self.balanced = balanced
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
@@ -221,18 +224,6 @@ class DistillTrainer(Trainer):
         outputs = model(**inputs)
         loss = harmaug_loss(outputs.logits, labels, soft if self.kd else None)
         return (loss, outputs) if return_outputs else loss
-
-    def _get_train_sampler(self, train_dataset=None):
-        train_dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if not self.balanced:
-            return super()._get_train_sampler(train_dataset)
-        grouped = self.args.train_sampling_strategy == "group_by_length"
-        return BalancedLengthGroupedSampler(
-            train_dataset["labels"],
-            lengths=train_dataset["length"] if grouped else None,
-            batch_size=self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size,
-            seed=self.args.seed,
-        )
 
 
 def compute_metrics(eval_pred):
@@ -261,14 +252,6 @@ def tokenize(rows, tokenizer, max_length):
         return out
 
     return rows.map(encode, batched=True, remove_columns=rows.column_names, desc="tokenizing")
-
-
-def student_max_length(config, requested):
-    """`requested`, capped at the absolute position embeddings (DeBERTa-v2/v3 use relative positions only: no cap)."""
-    if getattr(config, "position_biased_input", True) is False:
-        return requested
-    limit = getattr(config, "max_position_embeddings", None)
-    return min(requested, limit) if limit else requested
 
 
 def is_complete(output_dir):
@@ -302,6 +285,54 @@ def prepare(args):
     return holdout, rows, steps, train_idx, val_idx, teacher_ids is not None
 
 
+def run_arguments(args, steps):
+    """The Trainer's arguments of this run: `args` with the step budget (and a warm-up that fits a
+    short run); `args` itself is left as parsed."""
+    warmup = args.warmup_steps
+    if warmup >= 1 and warmup > 0.1 * steps:
+        logger.info("Short run (%d steps): warm-up %d steps -> ratio 0.1.", steps, warmup)
+        warmup = 0.1
+    return dataclasses.replace(args, max_steps=steps, warmup_steps=warmup)
+
+
+def load_student_classifier(args):
+    """(tokenizer, model, token budget): the student with a seeded new 2-way head."""
+    path = resolve(args.student)
+    set_seed(args.seed)  # the new head's initialisation
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=2, id2label=dict(LABELS), label2id={v: k for k, v in LABELS.items()}, ignore_mismatched_sizes=True
+    )
+    return tokenizer, model, min(args.max_length, position_limit(model.config) or args.max_length)
+
+
+def training_record(args, run_args, trainer, result, metrics, rows, train_idx, holdout, teacher_unseen, steps, max_length, seconds, budget):
+    """The `training_info.json` of a distilled student."""
+    return {
+        "complete": True,
+        "student": args.student,
+        "corpus": str(Path(args.corpus).resolve()) if Path(args.corpus).is_dir() else args.corpus,
+        "labels": args.labels,
+        "augmentation": args.augmentation if args.labels == "teacher" else False,
+        "loss": "0.5*(CE+KL)" if args.labels == "teacher" else "CE",
+        "max_length": max_length,
+        "rows": {"train": len(train_idx), "validation": len(rows) - len(train_idx),
+                 "synthetic_train": int(sum(o == "synthetic" for o in rows.select(train_idx)["origin"]))},
+        "budget_steps": steps,
+        "steps_done": trainer.state.global_step,
+        "stopped_early": bool(budget and budget.fired),
+        "effective_batch_size": run_args.per_device_train_batch_size * run_args.gradient_accumulation_steps * max(1, run_args.world_size),
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "validation": {k.removeprefix("eval_"): v for k, v in metrics.items()},
+        "train_loss": result.training_loss,
+        "log_history": trainer.state.log_history,
+        "train_seconds": round(seconds, 1),
+        "router_holdout": {"fraction": args.router_holdout, "seed": args.holdout_seed, "stratify": ["human_label", "level"],
+                           "teacher_unseen": teacher_unseen, "num_rows": len(holdout), "ids": holdout},
+        "hyperparameters": {k: v for k, v in asdict(run_args).items() if k in _RECORDED},
+    }
+
+
 def distill(args: DistillConfig):
     """Train the student; returns the output folder (skips when it is already complete)."""
     output = Path(args.output_dir)
@@ -310,66 +341,35 @@ def distill(args: DistillConfig):
         return output
     start = time.time()
     holdout, rows, steps, train_idx, val_idx, teacher_unseen = prepare(args)
-    args.max_steps = steps
-    if args.warmup_steps >= 1 and args.warmup_steps > 0.1 * steps:
-        logger.info("Short run (%d steps): warm-up %d steps -> ratio 0.1.", steps, args.warmup_steps)
-        args.warmup_steps = 0.1
-
-    path = resolve(args.student)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=2, id2label=dict(LABELS), label2id={v: k for k, v in LABELS.items()}, ignore_mismatched_sizes=True
-    )
-    max_length = student_max_length(model.config, args.max_length)
-    with args.main_process_first(desc="tokenizing"):
+    run_args = run_arguments(args, steps)
+    tokenizer, model, max_length = load_student_classifier(args)
+    with run_args.main_process_first(desc="tokenizing"):
         encoded = tokenize(rows, tokenizer, max_length)
     train_ds, val_ds = encoded.select(train_idx), encoded.select(val_idx)
-
-    final_output = args.output_dir
-    args.output_dir = str(output / "checkpoints")
+    budget = TimeBudgetCallback(args.max_seconds) if args.max_seconds else None
     trainer = DistillTrainer(
         model=model,
-        args=args,
+        args=run_args,
         train_dataset=train_ds,
         eval_dataset=val_ds,
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics,
         kd=args.labels == "teacher",
-        balanced=args.balanced,
-        callbacks=[TimeBudgetCallback(args.max_seconds)] if args.max_seconds else None,
+        class_labels=train_ds["labels"] if args.balanced else None,
+        callbacks=[budget] if budget else None,
     )
-    last = _last_checkpoint(Path(args.output_dir))
+    last = get_last_checkpoint(str(output)) if output.is_dir() else None
     result = trainer.train(resume_from_checkpoint=last)
     metrics = trainer.evaluate()
-    args.output_dir = final_output
     trainer.save_model(str(output))  # every process calls it; the main one writes
     if trainer.is_world_process_zero():
         (output / "training_args.bin").unlink(missing_ok=True)  # a pickle: training_info.json records the settings
-        info = {
-            "complete": True,
-            "student": args.student,
-            "corpus": str(Path(args.corpus).resolve()) if Path(args.corpus).is_dir() else args.corpus,
-            "labels": args.labels,
-            "augmentation": args.augmentation if args.labels == "teacher" else False,
-            "loss": "0.5*(CE+KL)" if args.labels == "teacher" else "CE",
-            "max_length": max_length,
-            "rows": {"train": len(train_ds), "validation": len(val_ds), "synthetic_train": int(sum(o == "synthetic" for o in rows.select(train_idx)["origin"]))},
-            "budget_steps": steps,
-            "steps_done": trainer.state.global_step,
-            "effective_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size),
-            "best_checkpoint": trainer.state.best_model_checkpoint,
-            "validation": {k.removeprefix("eval_"): v for k, v in metrics.items()},
-            "train_loss": result.training_loss,
-            "log_history": trainer.state.log_history,
-            "train_seconds": round(time.time() - start, 1),
-            "router_holdout": {"fraction": args.router_holdout, "seed": args.holdout_seed, "stratify": ["human_label", "level"],
-                               "teacher_unseen": teacher_unseen, "num_rows": len(holdout), "ids": holdout},
-            "hyperparameters": {k: v for k, v in asdict(args).items() if k in _RECORDED},
-        }
+        info = training_record(args, run_args, trainer, result, metrics, rows, train_idx, holdout, teacher_unseen, steps,
+                               max_length, time.time() - start, budget)
         (output / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
         if not args.keep_checkpoints:
-            shutil.rmtree(output / "checkpoints", ignore_errors=True)
+            remove_checkpoints(output)
     trainer.accelerator.wait_for_everyone()
     return output
 
@@ -379,12 +379,6 @@ _RECORDED = (
     "per_device_train_batch_size", "gradient_accumulation_steps", "bf16", "seed", "validation_size", "balanced",
     "train_sampling_strategy", "metric_for_best_model", "max_train_rows", "max_seconds",
 )
-
-
-def _last_checkpoint(folder):
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
 def main(argv=None):

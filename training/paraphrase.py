@@ -15,7 +15,7 @@ from collections import Counter
 from tqdm.auto import tqdm
 
 from dataset_builders.harmaug.filters import normalize_text
-from dataset_builders.harmaug.generate import QUOTES, _strip_quotes, render_chat
+from dataset_builders.harmaug.generate import QUOTES, render_chat, strip_quotes
 from dataset_builders.harmaug.shards import derive_seed
 
 PARAPHRASE_REQUEST = "Paraphrase the following request. Keep its meaning and intent; answer with the paraphrase only.\n\n{text}"
@@ -48,7 +48,7 @@ def parse_paraphrase(text, max_chars=4000):
     else:
         return None
     if line[0] in QUOTES:
-        line = _strip_quotes(line)
+        line = strip_quotes(line)
     line = " ".join(line.strip(" \t\"\u201c\u201d`").split())
     return line if line and len(line) <= max_chars else None
 

@@ -1,7 +1,10 @@
-"""Shared Trainer pieces: class-balanced, length-grouped sampling and a wall-clock budget."""
+"""Shared Trainer pieces: class-balanced, length-grouped sampling, an opt-in wall-clock cap, and
+the removal of checkpoints once a run is saved."""
 
 import logging
+import shutil
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.data import Sampler, WeightedRandomSampler
@@ -51,13 +54,13 @@ class BalancedLengthGroupedSampler(Sampler):
 
 
 class BalancedSamplingMixin:
-    """Trainer mixin: the training sampler is `BalancedLengthGroupedSampler` over `class_labels`."""
+    """Trainer mixin: the training sampler is `BalancedLengthGroupedSampler` over `class_labels`,
+    length-grouped when `args.train_sampling_strategy` is "group_by_length"."""
 
-    def __init__(self, *args, class_labels=None, balanced=True, group_by_length=True, **kwargs):
+    def __init__(self, *args, class_labels=None, balanced=True, **kwargs):
         super().__init__(*args, **kwargs)
         self.class_labels = class_labels
         self.balanced = balanced
-        self.group_by_length = group_by_length
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -72,28 +75,37 @@ class BalancedSamplingMixin:
         return BalancedLengthGroupedSampler(
             self.class_labels,
             lengths,
-            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size,
             seed=self.args.seed,
             balanced=self.balanced,
-            group_by_length=self.group_by_length,
+            group_by_length=self.args.train_sampling_strategy == "group_by_length",
         )
 
 
 class TimeBudgetCallback(TrainerCallback):
-    """Stop training once `seconds` of wall time have passed (`--max-seconds`), evaluating and saving
-    the last step first when the run evaluates / saves at all."""
+    """Opt-in wall-clock cap (`--max-seconds`): stop training once `seconds` have passed, evaluating
+    and saving the last step first when the run evaluates / saves at all. `fired` says whether it
+    stopped the run; the stage records it (`stopped_early`) so the final report can say so."""
 
     def __init__(self, seconds):
         self.seconds = seconds
         self.start = None
+        self.fired = False
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         if time.perf_counter() - self.start > self.seconds:
-            logger.warning("Time budget of %ss reached at step %d: stopping.", self.seconds, state.global_step)
+            logger.warning("Time budget of %ss reached at step %d of %d: stopping.", self.seconds, state.global_step, state.max_steps)
+            self.fired = True
             control.should_training_stop = True
             control.should_evaluate = args.eval_strategy != "no"
             control.should_save = args.save_strategy != "no"
         return control
+
+
+def remove_checkpoints(output_dir):
+    """Delete the Trainer's `checkpoint-*` folders of a finished run (the result is saved beside them)."""
+    for folder in Path(output_dir).glob("checkpoint-*"):
+        shutil.rmtree(folder, ignore_errors=True)

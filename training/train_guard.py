@@ -14,8 +14,11 @@ guard adapter (F1 at 0.5, AUPRC), `training_info.json`; a finished folder is ski
 an interrupted run resumes from its last checkpoint. The ids of the seed rows it trained on go
 to `training_ids.json`, so that later steps can keep those rows out of the router's data.
 
-    saferoute train-guard --config training/recipes/cpu-offline.yaml [--flag value ...]
-    accelerate launch --config_file training/accelerate_configs/multi_gpu.yaml -m training.train_guard --config ...
+The settings are a TRL `SFTConfig` (a `TrainingArguments`) with the guard's own fields on top:
+every Trainer flag works as in TRL's scripts.
+
+    saferoute train-guard --config saferoute/recipes/cpu-offline.yaml [--flag value ...]
+    accelerate launch --config_file saferoute/accelerate_configs/multi_gpu.yaml -m training.train_guard --config ...
 """
 
 import json
@@ -35,40 +38,42 @@ from transformers import (
     AutoTokenizer,
     DataCollatorWithPadding,
     Trainer,
-    TrainingArguments,
     set_seed,
 )
 from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTConfig, SFTTrainer
 
 from dataset_builders.schema import guard_items
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.guards import GUARD_KINDS, load_guard
 from modeling_saferoute.inputs import encode_pairs
+from saferoute.config import parse_args
 
-from .config import parse_args
 from .guard_data import DEFAULT_POLICY, guard_chat_template, guard_splits, write_training_ids
-from .sampling import BalancedSamplingMixin, TimeBudgetCallback
+from .sampling import BalancedSamplingMixin, TimeBudgetCallback, remove_checkpoints
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("llama_guard", "sequence_classification")
 VERDICTS = ("safe", "unsafe")
 INFO_FILE = "training_info.json"
-CHECKPOINTS = "checkpoints"
 ADAPTER_DIR = "lora-adapter"
 
 
 @dataclass
-class TrainGuardArguments:
+class TrainGuardConfig(SFTConfig):
+    """TRL's `SFTConfig` (a `TrainingArguments`) with the settings of the guard to train.
+
+    `max_length` is the token budget of the pair encoding (sequence_classification) or of the whole
+    rendered guard prompt with its verdict (llama_guard)."""
+
     kind: str = field(default="sequence_classification", metadata={"help": f"Guard kind to train: {KINDS}."})
     base_model: str = field(default="bundled:mpnet-base", metadata={"help": "Base model: local folder, Hub id or bundled: alias (a causal chat LM for llama_guard, an encoder for sequence_classification)."})
-    output_dir: str = field(default="outputs/teacher", metadata={"help": "Output guard folder (what `load_guard(OUT, kind)` loads)."})
     overwrite: bool = field(default=False, metadata={"help": "Retrain even if the output folder already holds a finished guard."})
     seed_pool: str = field(default="offline", metadata={"help": "Labeled data: 'offline', 'wildguardmix' (Hub) or a .jsonl/.parquet file in the schema."})
     val_size: float = field(default=0.1, metadata={"help": "Stratified validation share of the seed pool."})
     max_train_examples: Optional[int] = field(default=None, metadata={"help": "Stratified subsample of the training split (budget)."})
     max_val_examples: Optional[int] = field(default=None, metadata={"help": "Stratified subsample of the validation split (budget)."})
-    max_length: int = field(default=256, metadata={"help": "Token budget: pair encoding (sequence_classification) or whole rendered guard prompt (llama_guard)."})
     max_content_tokens: int = field(default=512, metadata={"help": "llama_guard: each message is cut to this many tokens before rendering (adapter `max_content_tokens`)."})
     guard_policy: str = field(default=DEFAULT_POLICY, metadata={"help": "llama_guard: the unsafe-content categories written into the guard instruction (your taxonomy)."})
     chat_template: str = field(default="guard", metadata={"help": "llama_guard: 'guard' (build the guard template in the base's chat format), 'base' (keep the base tokenizer's template, e.g. for a Llama Guard base) or a .jinja file."})
@@ -77,81 +82,53 @@ class TrainGuardArguments:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (llama_guard)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (llama_guard)."})
     lora_target_modules: str = field(default="all-linear", metadata={"help": "LoRA target modules: 'all-linear' or comma-separated names."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Training epochs (each draws as many balanced examples as the training split holds)."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (overrides epochs when > 0)."})
+    dtype: Optional[str] = field(default=None, metadata={"help": "dtype the base weights load in (e.g. bfloat16 on GPUs); default float32."})
+    balanced_sampling: bool = field(default=True, metadata={"help": "Draw training examples with probability 1/class count (WeightedRandomSampler)."})
+    max_seconds: Optional[float] = field(default=None, metadata={"help": "Opt-in wall-clock cap: stop training gracefully after this many seconds (recorded as stopped_early)."})
+    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Batch size of the validation scoring."})
+    # TrainingArguments / SFTConfig fields with this command's defaults
+    output_dir: Optional[str] = field(default="{output_root}/teacher", metadata={"help": "Output guard folder (what `load_guard(OUT, kind)` loads); checkpoints go to its checkpoint-* subfolders."})
+    max_length: Optional[int] = field(default=256, metadata={"help": "Token budget (see the class docstring)."})
     learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate (AdamW, linear decay)."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps used for linear warm-up."})
+    warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up steps (int) or ratio of the run (< 1)."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Batch size per device."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Gradient accumulation steps."})
-    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Batch size of the validation scoring."})
-    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (CPU autocast too: ~4x fp32 matmuls on recent CPUs)."})
-    dtype: Optional[str] = field(default=None, metadata={"help": "dtype the base weights load in (e.g. bfloat16 on GPUs); default float32."})
+    bf16: Optional[bool] = field(default=False, metadata={"help": "bf16 mixed precision (CPU autocast too: ~4x fp32 matmuls on recent CPUs)."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory (large bases on GPUs)."})
-    balanced_sampling: bool = field(default=True, metadata={"help": "Draw training examples with probability 1/class count (WeightedRandomSampler)."})
-    group_by_length: bool = field(default=True, metadata={"help": "Batch examples of similar length (less padding)."})
-    logging_steps: int = field(default=10, metadata={"help": "Log every this many steps."})
-    save_steps: int = field(default=0, metadata={"help": "Checkpoint every this many steps under OUT/checkpoints (0: no checkpoints; needed to resume long runs)."})
+    train_sampling_strategy: str = field(default="group_by_length", metadata={"help": "'group_by_length' (batches of similar length) or 'random'."})
+    save_strategy: str = field(default="no", metadata={"help": "'steps' with --save_steps N keeps checkpoints to resume long runs; 'no' saves only the result."})
+    save_total_limit: Optional[int] = field(default=1, metadata={"help": "Checkpoints kept."})
+    completion_only_loss: Optional[bool] = field(default=True, metadata={"help": "llama_guard: the loss is on the verdict tokens only."})
+    packing: bool = field(default=False, metadata={"help": "Never pack guard prompts."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader workers."})
     seed: int = field(default=0, metadata={"help": "Seed of the split, the sampler and the new weights."})
-    report_to: str = field(default="none", metadata={"help": "Trainer loggers: 'none', 'tensorboard', 'wandb', ..."})
-    fsdp: str = field(default="", metadata={"help": "FSDP options passed to TrainingArguments (prefer an accelerate FSDP config)."})
-    max_seconds: Optional[float] = field(default=None, metadata={"help": "Budget guard: stop training gracefully after this many seconds."})
 
-
-def _check(args):
-    if args.kind not in KINDS:
-        raise ValueError(f"--kind must be one of {KINDS}, got {args.kind!r}.")
-    if args.max_length < 16:
-        raise ValueError(f"--max-length must be at least 16, got {args.max_length}.")
-    for name in ("max_train_examples", "max_val_examples"):
-        value = getattr(args, name)
-        if value is not None and value < 2:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 2, got {value}.")
-
-
-def _training_arguments(args, cls=TrainingArguments, **extra):
-    """`TrainingArguments` (or TRL's `SFTConfig`) from the command's settings."""
-    on_gpu = torch.cuda.is_available()
-    return cls(
-        output_dir=str(Path(args.output_dir) / CHECKPOINTS),
-        num_train_epochs=args.num_train_epochs,
-        max_steps=args.max_steps,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_ratio,  # a float < 1 is a ratio of the total steps (transformers 5)
-        lr_scheduler_type="linear",
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        bf16=args.bf16,
-        use_cpu=not on_gpu,
-        activation_checkpointing=args.gradient_checkpointing,
-        logging_steps=args.logging_steps,
-        save_strategy="steps" if args.save_steps > 0 else "no",
-        save_steps=max(args.save_steps, 1),
-        save_total_limit=1,
-        eval_strategy="no",
-        seed=args.seed,
-        data_seed=args.seed,
-        report_to=args.report_to,
-        fsdp=args.fsdp,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-        **extra,
-    )
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"--kind must be one of {KINDS}, got {self.kind!r}.")
+        if self.max_length < 16:
+            raise ValueError(f"--max-length must be at least 16, got {self.max_length}.")
+        for name in ("max_train_examples", "max_val_examples"):
+            value = getattr(self, name)
+            if value is not None and value < 2:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 2, got {value}.")
+        if not torch.cuda.is_available():
+            self.use_cpu = True  # bf16 autocast on CPU, and no accelerator search
+        super().__post_init__()
 
 
 class BalancedTrainer(BalancedSamplingMixin, Trainer):
     """`Trainer` with class-balanced, length-grouped sampling."""
 
 
-def _load_tokenizer(path):
-    return AutoTokenizer.from_pretrained(path)
+class BalancedSFTTrainer(BalancedSamplingMixin, SFTTrainer):
+    """TRL `SFTTrainer` with class-balanced, length-grouped sampling."""
 
 
 def build_classifier(args):
-    """(model, tokenizer, train_dataset, class_labels) for `sequence_classification`."""
+    """(model, tokenizer) for `sequence_classification`: the encoder with a new 2-way head."""
     path = resolve(args.base_model)
-    tokenizer = _load_tokenizer(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(
         path,
         num_labels=2,
@@ -170,7 +147,7 @@ def encode_classifier_dataset(tokenizer, dataset, max_length):
     return Dataset.from_dict({**columns, "labels": list(dataset["label"])})
 
 
-def _adapter_options(args):
+def adapter_options(args):
     """Options of the guard adapter that training used (pass the same to `load_guard` when scoring)."""
     if args.kind == "sequence_classification":
         return {"max_length": args.max_length}
@@ -184,7 +161,7 @@ def _adapter_options(args):
 def build_llama_guard(args):
     """(model, tokenizer, adapter) for `llama_guard`: the base causal LM and its guard chat template."""
     path = resolve(args.base_model)
-    tokenizer = _load_tokenizer(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
     if args.chat_template == "guard":
         tokenizer.chat_template = guard_chat_template(tokenizer, args.guard_policy)
     elif args.chat_template != "base":
@@ -196,7 +173,7 @@ def build_llama_guard(args):
         raise ValueError(f"--chat-template base: {args.base_model!r} has no chat template.")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=args.dtype or "float32")
     adapter_cls = GUARD_KINDS["llama_guard"][0]
-    adapter = adapter_cls(model, tokenizer, **_adapter_options(args))
+    adapter = adapter_cls(model, tokenizer, **adapter_options(args))
     return model, tokenizer, adapter
 
 
@@ -255,21 +232,76 @@ def validation_metrics(guard, dataset, batch_size):
     }
 
 
-def _train(trainer, args):
-    checkpoint = None
-    checkpoints = Path(args.output_dir) / CHECKPOINTS
-    if checkpoints.is_dir():
-        checkpoint = get_last_checkpoint(str(checkpoints))
-        if checkpoint:
-            logger.info("Resuming from %s", checkpoint)
-    if args.max_seconds:
-        trainer.add_callback(TimeBudgetCallback(args.max_seconds))
-    return trainer.train(resume_from_checkpoint=checkpoint)
+def classifier_trainer(args, train):
+    """(trainer, tokenizer, training rows, class labels) of a sequence-classification guard."""
+    model, tokenizer = build_classifier(args)
+    train_ds = encode_classifier_dataset(tokenizer, train, args.max_length)
+    class_labels = list(train["label"])
+    trainer = BalancedTrainer(
+        model=model, args=args, train_dataset=train_ds, data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer, class_labels=class_labels, balanced=args.balanced_sampling,
+    )
+    return trainer, tokenizer, train_ds, class_labels
 
 
-def train_guard(args: TrainGuardArguments):
+def llama_guard_trainer(args, train):
+    """(trainer, tokenizer, training rows, class labels) of a Llama-Guard-format guard (TRL SFT + LoRA)."""
+    from peft import LoraConfig
+
+    model, tokenizer, adapter = build_llama_guard(args)
+    train_ds, class_labels = encode_llama_guard_dataset(adapter, train, args.max_length)
+    targets = args.lora_target_modules
+    peft_config = LoraConfig(
+        r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, task_type="CAUSAL_LM",
+        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+    )
+    trainer = BalancedSFTTrainer(
+        model=model, args=args, train_dataset=train_ds, processing_class=tokenizer, peft_config=peft_config,
+        class_labels=class_labels, balanced=args.balanced_sampling,
+    )
+    return trainer, tokenizer, train_ds, class_labels
+
+
+def run_training(trainer, args):
+    """Train (resuming from the last checkpoint in the output folder); returns (result, seconds, CPU seconds, budget)."""
+    checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    if checkpoint:
+        logger.info("Resuming from %s", checkpoint)
+    budget = TimeBudgetCallback(args.max_seconds) if args.max_seconds else None
+    if budget:
+        trainer.add_callback(budget)
+    start, start_cpu = time.perf_counter(), time.process_time()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    return result, time.perf_counter() - start, time.process_time() - start_cpu, budget
+
+
+def training_record(args, trainer, result, seconds, cpu_seconds, budget, train_ds, class_labels, val, val_metrics):
+    """The `training_info.json` of a trained guard."""
+    seen = result.global_step * trainer.args.train_batch_size * args.gradient_accumulation_steps * trainer.args.world_size
+    return {
+        "kind": args.kind,
+        "base_model": args.base_model,
+        "seed_pool": args.seed_pool,
+        "train_examples": len(train_ds),
+        "train_unsafe": int(sum(class_labels)),
+        "val_examples": len(val),
+        "train_seconds": round(seconds, 1),
+        "train_cpu_seconds": round(cpu_seconds, 1),  # all threads: compare runs on a shared machine
+        "torch_threads": torch.get_num_threads(),
+        "train_examples_seen": seen,
+        "train_examples_per_second": round(seen / seconds, 3),
+        "train_loss": result.metrics.get("train_loss"),
+        "global_steps": result.global_step,
+        "planned_steps": trainer.state.max_steps,
+        "stopped_early": bool(budget and budget.fired),
+        "adapter_options": adapter_options(args),
+        "val": val_metrics,
+        "arguments": {k: v for k, v in asdict(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
+    }
+
+
+def train_guard(args: TrainGuardConfig):
     """Train and save the guard; returns the output folder. A finished folder is left as is."""
-    _check(args)
     output = Path(args.output_dir)
     if (output / INFO_FILE).exists() and not args.overwrite:
         logger.info("%s already holds a trained guard (%s); skipping (--overwrite to retrain).", output, INFO_FILE)
@@ -279,98 +311,31 @@ def train_guard(args: TrainGuardArguments):
     set_seed(args.seed)
     train, val = guard_splits(args.seed_pool, args.val_size, args.seed, args.max_train_examples, args.max_val_examples)
     logger.info("Training on %d rows (%d unsafe), validating on %d.", len(train), sum(train["label"]), len(val))
-
-    if args.kind == "sequence_classification":
-        model, tokenizer = build_classifier(args)
-        train_ds = encode_classifier_dataset(tokenizer, train, args.max_length)
-        class_labels = list(train["label"])
-        trainer = BalancedTrainer(
-            model=model,
-            args=_training_arguments(args),
-            train_dataset=train_ds,
-            data_collator=DataCollatorWithPadding(tokenizer),
-            processing_class=tokenizer,
-            class_labels=class_labels,
-            balanced=args.balanced_sampling,
-            group_by_length=args.group_by_length,
-        )
-    else:
-        from peft import LoraConfig
-        from trl import SFTConfig, SFTTrainer
-
-        class BalancedSFTTrainer(BalancedSamplingMixin, SFTTrainer):
-            """TRL `SFTTrainer` with class-balanced, length-grouped sampling."""
-
-        model, tokenizer, adapter = build_llama_guard(args)
-        train_ds, class_labels = encode_llama_guard_dataset(adapter, train, args.max_length)
-        targets = args.lora_target_modules
-        peft_config = LoraConfig(
-            r=args.lora_r,
-            lora_alpha=args.lora_alpha,
-            lora_dropout=args.lora_dropout,
-            target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
-            task_type="CAUSAL_LM",
-        )
-        sft_args = _training_arguments(
-            args, SFTConfig, completion_only_loss=True, max_length=args.max_length, packing=False
-        )
-        trainer = BalancedSFTTrainer(
-            model=model,
-            args=sft_args,
-            train_dataset=train_ds,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-            class_labels=class_labels,
-            balanced=args.balanced_sampling,
-            group_by_length=args.group_by_length,
-        )
-
-    start, start_cpu = time.perf_counter(), time.process_time()
-    result = _train(trainer, args)
-    train_seconds, train_cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
+    build = classifier_trainer if args.kind == "sequence_classification" else llama_guard_trainer
+    trainer, tokenizer, train_ds, class_labels = build(args, train)
+    result, seconds, cpu_seconds, budget = run_training(trainer, args)
     if args.kind == "llama_guard":
         trainer.save_model(str(output / ADAPTER_DIR))  # every rank: FSDP gathers the LoRA weights
     else:
         tokenizer.model_max_length = args.max_length  # the adapter scores at the trained length by default
         trainer.save_model(str(output))  # model + tokenizer (processing_class)
-    if not trainer.is_world_process_zero():
-        trainer.accelerator.wait_for_everyone()
-        return output
-    if args.kind == "llama_guard":
-        merge_lora(args, output / ADAPTER_DIR, output)
-        tokenizer.save_pretrained(output)  # ships the guard chat template
-
-    seen = result.global_step * trainer.args.train_batch_size * args.gradient_accumulation_steps * trainer.args.world_size
-    guard = load_guard(str(output), args.kind, **_adapter_options(args))
-    val_metrics = validation_metrics(guard, val, args.per_device_eval_batch_size)
-    info = {
-        "kind": args.kind,
-        "base_model": args.base_model,
-        "seed_pool": args.seed_pool,
-        "train_examples": len(train_ds),
-        "train_unsafe": int(sum(class_labels)),
-        "val_examples": len(val),
-        "train_seconds": round(train_seconds, 1),
-        "train_cpu_seconds": round(train_cpu_seconds, 1),  # all threads: compare runs on a shared machine
-        "torch_threads": torch.get_num_threads(),
-        "train_examples_seen": seen,
-        "train_examples_per_second": round(seen / train_seconds, 3),
-        "train_loss": result.metrics.get("train_loss"),
-        "global_steps": result.global_step,
-        "adapter_options": _adapter_options(args),
-        "val": val_metrics,
-        "arguments": asdict(args),
-    }
-    shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)
-    (output / "training_args.bin").unlink(missing_ok=True)  # Trainer pickles its args; the folder holds no pickle
-    write_training_ids(output, args.seed_pool, train, val)
-    (output / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    if trainer.is_world_process_zero():
+        if args.kind == "llama_guard":
+            merge_lora(args, output / ADAPTER_DIR, output)
+            tokenizer.save_pretrained(output)  # ships the guard chat template
+        guard = load_guard(str(output), args.kind, **adapter_options(args))
+        val_metrics = validation_metrics(guard, val, args.per_device_eval_batch_size)
+        info = training_record(args, trainer, result, seconds, cpu_seconds, budget, train_ds, class_labels, val, val_metrics)
+        remove_checkpoints(output)
+        (output / "training_args.bin").unlink(missing_ok=True)  # Trainer pickles its args; the folder holds no pickle
+        write_training_ids(output, args.seed_pool, train, val)
+        (output / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     trainer.accelerator.wait_for_everyone()
     return output
 
 
 def main(argv=None):
-    args = parse_args([TrainGuardArguments], argv, section="train_guard")
+    args = parse_args([TrainGuardConfig], argv, section="train_guard")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = train_guard(args)
     if int(os.environ.get("RANK", "0")) != 0:

@@ -24,7 +24,6 @@ import copy
 import functools
 import json
 import logging
-import math
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,22 +33,23 @@ import numpy as np
 import torch
 from datasets import Dataset, Value, concatenate_datasets
 from safetensors.torch import save_file
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
 
-from dataset_builders.harmaug.generate import BACKENDS, load_generator
 from dataset_builders.harmaug.card import corpus_teacher
+from dataset_builders.harmaug.generate import BACKENDS, load_generator
+from dataset_builders.schema import first_row_per_id
 from dataset_builders.seed_pool import load_seed_pool
+from evaluation.methods import RoutingInputs, choose_router_threshold, evaluate_methods
+from evaluation.metrics import router_label
 from modeling_saferoute.guards import GUARD_KINDS, load_guard
 from modeling_saferoute.inputs import encode_pairs, length_sorted_batches
+from publishing.package import PackageArguments, load_student, package
+from saferoute.config import parse_args
 
-from .config import parse_args
 from .distill import INFO_FILE, load_corpus, stratified_split, teacher_training_ids
 from .guard_data import guard_training_ids
-from .package import PackageArguments, load_student, package
 from .paraphrase import paraphrase
+from .router import fit_router
 
 logger = logging.getLogger(__name__)
 ROUTER_INFO_FILE = "router_info.json"
@@ -57,8 +57,8 @@ ROUTER_INFO_FILE = "router_info.json"
 
 @dataclass
 class TrainRouterArguments:
-    student: str = field(default="outputs/student", metadata={"help": "The distilled student folder (with training_info.json from saferoute distill)."})
-    output: str = field(default="outputs/saferoute-guard", metadata={"help": "The SafeRoute model folder to write."})
+    student: str = field(default="{output_root}/student", metadata={"help": "The distilled student folder (with training_info.json from saferoute distill)."})
+    output_dir: str = field(default="{output_root}/saferoute-guard", metadata={"help": "The SafeRoute model folder to write."})
     data: str = field(default="holdout", metadata={"help": "'holdout' (the seed rows distill held out), or labeled rows the student never saw: 'offline', 'wildguardmix', a .jsonl/.parquet file."})
     corpus: Optional[str] = field(default=None, metadata={"help": "Corpus holding the hold-out rows (default: the one in the student's training_info.json)."})
     large_guard: Optional[str] = field(default=None, metadata={"help": "Large guard (local folder, Hub id or bundled: alias); default: the corpus' teacher."})
@@ -108,14 +108,7 @@ class TrainRouterArguments:
             raise ValueError(f"--paraphrase-backend must be one of {sorted(BACKENDS)}, got {self.paraphrase_backend!r}.")
 
 
-# -- router labels and features ---------------------------------------------------------------
-def router_labels(student_p, large_p, labels, threshold=0.5):
-    """t = 1 iff the student is wrong and the large guard is right (P(unsafe) > threshold = unsafe)."""
-    student_p, large_p, labels = (np.asarray(x) for x in (student_p, large_p, labels))
-    student_pred, large_pred = (student_p > threshold).astype(int), (large_p > threshold).astype(int)
-    return ((student_pred != labels) & (large_pred == labels)).astype(int)
-
-
+# -- features, rows and large-guard scores ------------------------------------------------------
 def student_features(model, tokenizer, items, max_length, batch_size=64):
     """(features (N, d) float32, P(unsafe) (N,)) from one student forward per item."""
     encodings, _ = encode_pairs(tokenizer, items, max_length)
@@ -142,18 +135,10 @@ def same_model(a, b):
 ROUTER_COLUMNS = ["id", "prompt", "response", "level", "y", "corpus_score"]
 
 
-def first_per_id(rows):
-    """One row per id (exact duplicates share an id)."""
-    first = {}
-    for k, i in enumerate(rows["id"]):
-        first.setdefault(i, k)
-    return rows.select(sorted(first.values()))
-
-
 def pool_rows(name, exclude=(), max_rows=None, seed=0):
     """Seed-pool rows (ids not in `exclude`) in the router layout, optionally a stratified sample."""
     exclude = set(exclude)
-    pool = first_per_id(load_seed_pool(name).filter(lambda i: i not in exclude, input_columns="id"))
+    pool = first_row_per_id(load_seed_pool(name).filter(lambda i: i not in exclude, input_columns="id"))
     if max_rows and len(pool) > max_rows:
         pool = pool.select(stratified_split(pool, ("label", "level"), max_rows, seed)[1])
     pool = pool.map(lambda y: {"y": int(y), "corpus_score": None}, input_columns="label")
@@ -180,7 +165,7 @@ def router_data(args, info):
     corpus = args.corpus or info.get("corpus")
     full = load_corpus(corpus)
     wanted = set(ids)
-    rows = first_per_id(full.filter(lambda i: i in wanted, input_columns="id"))
+    rows = first_row_per_id(full.filter(lambda i: i in wanted, input_columns="id"))
     if len(rows) != len(wanted):
         raise ValueError(f"The corpus {corpus} holds {len(rows)} of the {len(wanted)} hold-out ids recorded by distill: is it the same corpus?")
     seen_by_guard = large_guard_training_ids(args, corpus)
@@ -232,7 +217,7 @@ def paraphrase_rows(args, rows, large_ref, model, tokenizer, max_length):
 
     N paraphrases of each distinct prompt of `rows` (every row with that prompt gets them; its
     response is kept), the human label y copied, both guards re-run (student feature + P(unsafe),
-    large guard P(unsafe)) and t = router_labels(...). `table`: id (of the source row), copy,
+    large guard P(unsafe)) and t = router_label(...). `table`: id (of the source row), copy,
     prompt, response, level, y, student_p, large_p, t; None (and features None) when every
     paraphrase was dropped.
     """
@@ -260,7 +245,7 @@ def paraphrase_rows(args, rows, large_ref, model, tokenizer, max_length):
     features, student_p = student_features(model, tokenizer, items, max_length, args.feature_batch_size)
     large_p = np.asarray(load_large_guard(args, large_ref).score(items, show_progress=True), dtype=float)
     y = np.array([r["y"] for r in new])
-    t = router_labels(student_p, large_p, y, args.threshold)
+    t = router_label(y, student_p, large_p, args.threshold)
     table = Dataset.from_list(new).add_column("student_p", student_p.tolist()).add_column("large_p", large_p.tolist()).add_column("t", t.tolist())
     return table, features, {**stats, "positive_rate": float(t.mean())}
 
@@ -296,144 +281,6 @@ def large_guard_scores(args, rows, corpus):
     return scores, ref, len(scores) - len(missing)
 
 
-# -- the (Bayesian) router ----------------------------------------------------------------------
-class BayesianLinear(nn.Module):
-    """Mean-field Gaussian linear layer (weights ~ N(mu, sigma^2)); the mean is used in eval mode."""
-
-    def __init__(self, linear, prior_sigma, sigma_init=None):
-        super().__init__()
-        self.prior_sigma = prior_sigma
-        log_sigma = math.log(sigma_init or prior_sigma)
-        self.weight_mu = nn.Parameter(linear.weight.detach().clone())
-        self.bias_mu = nn.Parameter(linear.bias.detach().clone())
-        self.weight_log_sigma = nn.Parameter(torch.full_like(linear.weight, log_sigma))
-        self.bias_log_sigma = nn.Parameter(torch.full_like(linear.bias, log_sigma))
-
-    def forward(self, x):
-        weight, bias = self.weight_mu, self.bias_mu
-        if self.training:
-            weight = weight + torch.exp(self.weight_log_sigma) * torch.randn_like(weight)
-            bias = bias + torch.exp(self.bias_log_sigma) * torch.randn_like(bias)
-        return nn.functional.linear(x, weight, bias)
-
-    def kl(self):
-        """(sum of KL(q || N(0, prior^2)) over the parameters, number of parameters)."""
-        total = 0.0
-        for mu, log_sigma in ((self.weight_mu, self.weight_log_sigma), (self.bias_mu, self.bias_log_sigma)):
-            total = total + (math.log(self.prior_sigma) - log_sigma + (torch.exp(2 * log_sigma) + mu**2) / (2 * self.prior_sigma**2) - 0.5).sum()
-        return total, self.weight_mu.numel() + self.bias_mu.numel()
-
-
-def bayesian_copy(router, prior_sigma, sigma_init=None):
-    """A copy of the router whose Linear layers are Bayesian (means start at the router's weights)."""
-    bayes = copy.deepcopy(router)
-    for i, layer in enumerate(bayes.layers):
-        if isinstance(layer, nn.Linear):
-            bayes.layers[i] = BayesianLinear(layer, prior_sigma, sigma_init)
-    return bayes
-
-
-def mean_kl(module):
-    """KL per parameter, averaged over all Bayesian parameters (torchbnn's 'mean' reduction)."""
-    total, count = 0.0, 0
-    for layer in module.modules():
-        if isinstance(layer, BayesianLinear):
-            kl, n = layer.kl()
-            total, count = total + kl, count + n
-    return total / max(count, 1)
-
-
-def export_posterior_mean(bayes, router):
-    """Write the posterior means into the plain router (same architecture as the exported model)."""
-    state = {}
-    for i, layer in enumerate(bayes.layers):
-        if isinstance(layer, BayesianLinear):
-            state[f"layers.{i}.weight"], state[f"layers.{i}.bias"] = layer.weight_mu.detach(), layer.bias_mu.detach()
-        else:
-            state.update({f"layers.{i}.{k}": v.detach() for k, v in layer.state_dict().items()})
-    router.load_state_dict(state)
-    return router
-
-
-def average_precision(scores, targets):
-    from sklearn.metrics import average_precision_score
-
-    return float(average_precision_score(targets, scores)) if np.any(targets) else float("nan")
-
-
-def fit_router(router, train_x, train_t, val_x, val_t, args):
-    """Train the router (balanced sampler, BCE [+ KL], Adam, warm-up + linear decay); keep the best on validation."""
-    torch.manual_seed(args.seed)
-    net = bayesian_copy(router, args.prior_sigma, args.posterior_sigma_init) if args.bayesian else router
-    counts = torch.bincount(train_t.long(), minlength=2).float()
-    weights = (1.0 / counts.clamp(min=1))[train_t.long()].double()
-    sampler = WeightedRandomSampler(weights, args.max_steps * args.batch_size, replacement=True, generator=torch.Generator().manual_seed(args.seed))
-    loader = DataLoader(TensorDataset(train_x, train_t.float()), batch_size=args.batch_size, sampler=sampler)
-    optimizer = torch.optim.Adam(net.parameters(), lr=args.learning_rate)
-    warmup = args.warmup_steps if args.warmup_steps >= 1 else args.warmup_steps * args.max_steps
-    if warmup > 0.2 * args.max_steps:
-        warmup = 0.1 * args.max_steps
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup), args.max_steps)
-    best, history = (-1.0, None, 0), []
-    bar = tqdm(loader, desc="router", total=args.max_steps)
-    for step, (x, t) in enumerate(bar, start=1):
-        net.train()
-        loss = nn.functional.binary_cross_entropy_with_logits(net(x), t)
-        if args.bayesian:
-            loss = loss + args.kl_weight * mean_kl(net)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if step % args.eval_steps == 0 or step == args.max_steps:
-            net.eval()
-            with torch.no_grad():
-                val_scores = torch.sigmoid(net(val_x)).numpy()
-                val_loss = float(nn.functional.binary_cross_entropy(torch.as_tensor(val_scores), val_t.float()))
-            auprc = average_precision(val_scores, val_t.numpy())
-            history.append({"step": step, "loss": loss.item(), "val_bce": val_loss, "val_auprc": auprc})
-            bar.set_postfix(loss=f"{loss.item():.4f}", val_auprc=f"{auprc:.3f}")
-            key = auprc if not math.isnan(auprc) else -val_loss
-            if key > best[0] or best[1] is None:
-                best = (key, copy.deepcopy(net.state_dict()), step)
-    net.load_state_dict(best[1])
-    if args.bayesian:
-        export_posterior_mean(net, router)
-    router.eval()
-    return router, {"best_step": best[2], "train_examples": len(train_t), "history": history}
-
-
-# -- threshold and metrics ------------------------------------------------------------------
-def f1(pred, y):
-    tp = int(np.sum((pred == 1) & (y == 1)))
-    fp, fn = int(np.sum((pred == 1) & (y == 0))), int(np.sum((pred == 0) & (y == 1)))
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-
-
-def routing_metrics(router_scores, router_threshold, student_p, large_p, y, t, threshold=0.5):
-    """F1 of the routed system, of each guard, of the oracle; share routed; routing F1 against t."""
-    routed = (router_scores > router_threshold).astype(int)
-    student_pred, large_pred = (student_p > threshold).astype(int), (large_p > threshold).astype(int)
-    system = np.where(routed == 1, large_pred, student_pred)
-    oracle = np.where(t == 1, large_pred, student_pred)
-    return {
-        "system_f1": f1(system, y), "student_f1": f1(student_pred, y), "large_f1": f1(large_pred, y), "oracle_f1": f1(oracle, y),
-        "large_usage": float(routed.mean()) if len(routed) else 0.0, "routing_f1": f1(routed, t), "oracle_usage": float(t.mean()) if len(t) else 0.0,
-    }
-
-
-def choose_threshold(router_scores, student_p, large_p, y, t, large_budget=None, threshold=0.5):
-    """Best routed-system F1 (ties: less routing), or the highest usage within `large_budget`."""
-    scores = np.asarray(router_scores)
-    if large_budget is not None:
-        k = int(math.floor(large_budget * len(scores)))
-        ordered = np.sort(scores)[::-1]
-        return float(ordered[k]) if k < len(ordered) else float(ordered[-1] - 1e-6)
-    candidates = np.unique(np.concatenate([np.quantile(scores, np.linspace(0, 1, 201)), [0.5, 1.0]]))
-    best = max(candidates, key=lambda c: (routing_metrics(scores, c, student_p, large_p, y, t, threshold)["system_f1"], c))
-    return float(best)
-
-
 # -- the command --------------------------------------------------------------------------------
 def train_router(args: TrainRouterArguments):
     """Train the router and write the SafeRoute folder; returns a dict with the per-example table and metrics."""
@@ -444,34 +291,21 @@ def train_router(args: TrainRouterArguments):
 
 
 def _train_router(args):
-    output = Path(args.output)
+    output = Path(args.output_dir)
     if (output / ROUTER_INFO_FILE).exists() and not args.force:
         logger.info("%s already holds a trained router; skipping (--force to retrain).", output)
         return {"output": output, "skipped": True, **json.loads((output / ROUTER_INFO_FILE).read_text())}
-    info_path = Path(args.student) / INFO_FILE
-    info = json.loads(info_path.read_text()) if info_path.exists() else {}
-    if args.data == "holdout" and not info:
-        raise ValueError(f"{info_path} not found: train-router needs a student from saferoute distill (or --data with rows it never saw).")
+    info = student_record(args)
     rows, corpus = router_data(args, info)
     large_p, large_ref, reused = large_guard_scores(args, rows, corpus)
     model, tokenizer, head_trained = load_student(args.student)
     if not head_trained:
         raise ValueError(f"The student {args.student} has no trained classification head: distill it first.")
     max_length = args.max_length or info.get("max_length") or model.max_length
-    items = [{"prompt": p, "response": r} for p, r in zip(rows["prompt"], rows["response"])]
-    features, student_p = student_features(model, tokenizer, items, max_length, args.feature_batch_size)
-    y = np.array(rows["y"])
-    t = router_labels(student_p, large_p, y, args.threshold)
-    if t.sum() < 2:
-        raise ValueError(f"Only {int(t.sum())} of {len(t)} examples have t=1 (student wrong, large guard right): the router has nothing to learn.")
-    table = rows.select_columns(["id", "y"]).add_column("student_p", student_p.tolist()).add_column("large_p", large_p.tolist()).add_column("t", t.tolist())
-    table = table.add_column("level", rows["level"])
-    train_idx, val_idx = stratified_split(table, ("t", "y"), args.validation_size, args.seed)
-    split = np.array(["train"] * len(t), dtype=object)
-    split[val_idx] = "validation"
-    table = table.add_column("split", split.tolist())
-    tt = torch.as_tensor(t)
-    train_x, train_t = features[train_idx], tt[train_idx]
+    features, student_p = student_features(model, tokenizer, guard_rows(rows), max_length, args.feature_batch_size)
+    table = router_table(rows, student_p, large_p, args)
+    train_idx, val_idx = [i for i, s in enumerate(table["split"]) if s == "train"], [i for i, s in enumerate(table["split"]) if s == "validation"]
+    train_x, train_t = features[train_idx], torch.as_tensor(table["t"])[train_idx]
     para_table, para_stats = None, None
     if args.paraphrases > 0:  # the training split only: validation stays the real rows
         para_table, para_x, para_stats = paraphrase_rows(args, rows.select(train_idx), large_ref, model, tokenizer, max_length)
@@ -481,36 +315,20 @@ def _train_router(args):
     torch.manual_seed(args.seed)
     router = copy.deepcopy(model.router)
     model._init_weights(router)  # a fresh, seeded initialisation
-    router, fit = fit_router(router, train_x, train_t, features[val_idx], tt[val_idx], args)
+    router, fit = fit_router(router, train_x, train_t, features[val_idx], torch.as_tensor(table["t"])[val_idx], args)
     with torch.no_grad():
         scores = torch.sigmoid(router(features)).numpy()
         if para_table is not None:
             para_table = para_table.add_column("router_score", torch.sigmoid(router(para_x)).numpy().tolist())
-    v = np.array(val_idx)
-    router_threshold = args.router_threshold if args.router_threshold is not None else choose_threshold(
-        scores[v], student_p[v], large_p[v], y[v], t[v], args.large_budget, args.threshold
-    )
     table = table.add_column("router_score", scores.tolist())
-    metrics = {
-        name: routing_metrics(scores[idx], router_threshold, student_p[idx], large_p[idx], y[idx], t[idx], args.threshold)
-        for name, idx in (("train", np.array(train_idx)), ("validation", v))
-    }
-
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "router.safetensors"
-        save_file({f"router.{k}": v.contiguous() for k, v in router.state_dict().items()}, str(weights))
-        package(
-            PackageArguments(
-                student=args.student, output=str(output), large_guard=large_ref["name_or_path"], large_guard_kind=large_ref["kind"],
-                large_guard_revision=large_ref["revision"], large_guard_dtype=large_ref["dtype"], router=str(weights),
-                router_threshold=router_threshold, threshold=args.threshold, max_length=max_length,
-            )
-        )
+    router_threshold, metrics = threshold_and_metrics(table, args)
+    write_model(args, output, router, large_ref, router_threshold, max_length)
     summary = {
         "router_threshold": router_threshold,
         "threshold_choice": "fixed" if args.router_threshold is not None else (f"large_budget={args.large_budget}" if args.large_budget else "best_system_f1"),
-        "data": args.data, "corpus": corpus, "max_length": max_length, "examples": {"train": len(train_idx), "validation": len(val_idx), "train_paraphrases": 0 if para_table is None else len(para_table)},
-        "positive_rate": float(t.mean()), "large_guard": large_ref, "large_guard_scores_reused": reused,
+        "data": args.data, "corpus": corpus, "max_length": max_length,
+        "examples": {"train": len(train_idx), "validation": len(val_idx), "train_paraphrases": 0 if para_table is None else len(para_table)},
+        "positive_rate": float(np.mean(table["t"])), "large_guard": large_ref, "large_guard_scores_reused": reused,
         "paraphrases": para_stats, "bayesian": args.bayesian, "metrics": metrics, "fit": fit,
         "arguments": asdict(args),
     }
@@ -518,11 +336,72 @@ def _train_router(args):
     return {"output": output, "table": table, "paraphrase_table": para_table, **summary}
 
 
+def student_record(args):
+    """The student's `training_info.json` (from saferoute distill; {} when it has none and --data names the rows)."""
+    info_path = Path(args.student) / INFO_FILE
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    if args.data == "holdout" and not info:
+        raise ValueError(f"{info_path} not found: train-router needs a student from saferoute distill (or --data with rows it never saw).")
+    return info
+
+
+def guard_rows(rows):
+    return [{"prompt": p, "response": r} for p, r in zip(rows["prompt"], rows["response"])]
+
+
+def router_table(rows, student_p, large_p, args):
+    """Per row: id, y, level, both guards' P(unsafe), t = `router_label`, and its split (stratified on t and y)."""
+    y = np.array(rows["y"])
+    t = router_label(y, student_p, large_p, args.threshold)
+    if t.sum() < 2:
+        raise ValueError(f"Only {int(t.sum())} of {len(t)} examples have t=1 (student wrong, large guard right): the router has nothing to learn.")
+    table = rows.select_columns(["id", "y"]).add_column("student_p", student_p.tolist()).add_column("large_p", large_p.tolist())
+    table = table.add_column("t", t.tolist()).add_column("level", rows["level"])
+    _, val_idx = stratified_split(table, ("t", "y"), args.validation_size, args.seed)
+    split = np.array(["train"] * len(t), dtype=object)
+    split[val_idx] = "validation"
+    return table.add_column("split", split.tolist())
+
+
+def threshold_and_metrics(table, args):
+    """The routing threshold (fixed, or chosen on the validation split by `choose_router_threshold`)
+    and every routing method's metrics on each split (`evaluation.methods`)."""
+    columns = {k: np.asarray(table[k]) for k in ("y", "student_p", "large_p", "router_score", "split")}
+    v = columns["split"] == "validation"
+    router_threshold = args.router_threshold if args.router_threshold is not None else choose_router_threshold(
+        columns["router_score"][v], columns["student_p"][v], columns["large_p"][v], columns["y"][v], args.large_budget, args.threshold
+    )
+    metrics = {}
+    for name in ("train", "validation"):
+        idx = columns["split"] == name
+        inputs = RoutingInputs(columns["y"][idx], columns["student_p"][idx], columns["large_p"][idx], columns["router_score"][idx],
+                               router_threshold, args.threshold)
+        metrics[name] = {m: {k: v for k, v in r.items() if k != "per_seed"} for m, r in evaluate_methods(inputs, where=f"{name}/").items()}
+    return router_threshold, metrics
+
+
+def write_model(args, output, router, large_ref, router_threshold, max_length):
+    """The SafeRoute folder: the student, the trained router and the large-guard reference (`saferoute package`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "router.safetensors"
+        save_file({f"router.{k}": v.contiguous() for k, v in router.state_dict().items()}, str(weights))
+        package(
+            PackageArguments(
+                student=args.student, output_dir=str(output), large_guard=large_ref["name_or_path"], large_guard_kind=large_ref["kind"],
+                large_guard_revision=large_ref["revision"], large_guard_dtype=large_ref["dtype"], router=str(weights),
+                router_threshold=router_threshold, threshold=args.threshold, max_length=max_length,
+            )
+        )
+
+
 def main(argv=None):
     args = parse_args([TrainRouterArguments], argv, section="train_router")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     result = train_router(args)
-    print(f"SafeRoute model in {result['output']}: router_threshold {result['router_threshold']:.4f}, validation {result['metrics']['validation']}")
+    val = result["metrics"]["validation"]
+    print(f"SafeRoute model in {result['output']}: router_threshold {result['router_threshold']:.4f}; validation F1 "
+          + ", ".join(f"{m} {val[m]['f1']:.3f}" for m in ("student", "large", "saferoute", "oracle"))
+          + f"; usage {val['saferoute']['large_usage']:.3f}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """`saferoute build-corpus`: build the HarmAug corpus folder (a Hub dataset repo).
 
-    saferoute build-corpus --config training/recipes/cpu-offline.yaml [--num_requests 300 ...]
+    saferoute build-corpus --config saferoute/recipes/cpu-offline.yaml [--num_requests 300 ...]
     torchrun --nproc_per_node 2 -m dataset_builders.harmaug.build --config ...   # shards split over processes
     accelerate launch -m dataset_builders.harmaug.build --config ...
 
@@ -18,6 +18,9 @@ from typing import Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from publishing.hub import push_folder
+from saferoute.config import parse_args
 
 from ..schema import data_dir, make_id
 from ..seed_pool import load_seed_pool, stratified_split
@@ -40,8 +43,8 @@ LABEL_SCHEMA = pa.schema([("id", pa.string()), ("unsafe_score", pa.float64())])
 class BuildCorpusArguments:
     """Settings of `saferoute build-corpus` (section `build_corpus:` of a recipe)."""
 
-    output: str = field(default="outputs/harmaug", metadata={"help": "Output folder: a Hub dataset repo (README.md + data/*.parquet)."})
-    work_dir: Optional[str] = field(default=None, metadata={"help": "Stage shards and manifests (default: <output>.work)."})
+    output_dir: str = field(default="{output_root}/harmaug", metadata={"help": "Output folder: a Hub dataset repo (README.md + data/*.parquet)."})
+    work_dir: Optional[str] = field(default=None, metadata={"help": "Stage shards and manifests (default: <output_dir>.work)."})
     overwrite: bool = field(default=False, metadata={"help": "Delete the work folder first instead of resuming."})
     stop_after: str = field(default="write", metadata={"help": f"Last stage to run: one of {STAGES}."})
     seed_pool: str = field(default="offline", metadata={"help": "'offline', 'wildguardmix' or a .jsonl/.parquet file in the schema."})
@@ -74,7 +77,7 @@ class BuildCorpusArguments:
     refusal_prefix: str = field(default=respond.STYLES["refusal"][1], metadata={"help": "Opening of the refusals."})
     batch_size: int = field(default=16, metadata={"help": "Generation batch size."})
     shard_size: int = field(default=32, metadata={"help": "Requests (generate) or instructions (respond) per shard."})
-    teacher: str = field(default="outputs/teacher", metadata={"help": "Teacher guard: `saferoute train-guard` output, Hub id (meta-llama/Llama-Guard-3-8B) or path."})
+    teacher: str = field(default="{output_root}/teacher", metadata={"help": "Teacher guard: `saferoute train-guard` output, Hub id (meta-llama/Llama-Guard-3-8B) or path."})
     teacher_kind: str = field(default="auto", metadata={"help": "Guard kind of the teacher ('auto' reads its config)."})
     teacher_batch_size: int = field(default=16, metadata={"help": "Teacher scoring batch size."})
     teacher_max_length: int = field(default=512, metadata={"help": "Token bound of a teacher input (per message for causal-LM guards)."})
@@ -97,7 +100,7 @@ class BuildCorpusArguments:
         if self.backend not in generate.BACKENDS:
             raise ValueError(f"backend must be one of {sorted(generate.BACKENDS)}, got {self.backend!r}.")
         if self.work_dir is None:
-            self.work_dir = str(Path(self.output)) + ".work"
+            self.work_dir = str(Path(self.output_dir)) + ".work"
 
 
 def _progress(items, desc, state):
@@ -213,127 +216,158 @@ def write_corpus(output, rows, stats, rows_per_file, repo_id=None, stats_path=No
     return Path(output)
 
 
+GENERATE_SETTINGS = ("seed_pool", "generator", "backend", "dtype", "num_requests", "num_exemplars", "exemplar_max_chars",
+                     "request", "prefix", "temperature", "top_p", "max_new_tokens", "min_new_tokens", "min_words",
+                     "max_words", "max_chars", "batch_size", "shard_size", "seed")
+FILTER_SETTINGS = ("benchmarks", "ngram", "near_duplicate_threshold", "contamination_threshold")
+RESPOND_SETTINGS = ("backend", "dtype", "temperature", "top_p", "response_max_new_tokens", "response_min_new_tokens",
+                    "compliant_prefix", "refusal_prefix", "batch_size", "shard_size", "seed")
+LABEL_SETTINGS = ("teacher", "teacher_kind", "teacher_dtype", "teacher_batch_size", "teacher_max_length", "label_shard_size")
+
+
+class CorpusBuild:
+    """One build: the processes' state, the work folder, the models (loaded once) and the seed rows;
+    a method per stage, each returning its `ShardedStage` once every process has finished it."""
+
+    def __init__(self, args):
+        import torch
+        from accelerate import PartialState
+
+        self.args = args
+        self.state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
+        device = args.device or (str(self.state.device) if self.state.device.type != "cpu" else "cpu")
+        self.work = Path(args.work_dir)
+        if args.overwrite and self.state.is_main_process and self.work.exists():
+            shutil.rmtree(self.work)
+        self.state.wait_for_everyone()
+        self.models = _Models(args, device)
+        self.pool, self.seeds = seed_rows(args)
+        self.exemplars = generate.exemplar_pool(self.pool, args.exemplar_max_chars)
+        if len(self.exemplars) < args.num_exemplars:
+            raise ValueError(f"Seed pool {args.seed_pool!r} has {len(self.exemplars)} usable harmful prompts, fewer than "
+                             f"num_exemplars={args.num_exemplars}.")
+
+    def _settings(self, names, **extra):
+        return {**extra, **{k: getattr(self.args, k) for k in names}}
+
+    def generate(self):
+        args = self.args
+        stage = ShardedStage(self.work, "generate", self._settings(GENERATE_SETTINGS), -(-args.num_requests // args.shard_size),
+                             GENERATE_SCHEMA)
+
+        def work(index):
+            indices = list(range(index * args.shard_size, min((index + 1) * args.shard_size, args.num_requests)))
+            return generate.generate_shard(self.models.generator(args.generator), self.exemplars, indices, args,
+                                           derive_seed(args.seed, "generate", index))
+
+        return _run_stage(stage, self.state, work, "generate")
+
+    def filter(self, generated):
+        """One shard on the main process; derived in seconds from the generations, so it is redone
+        (not refused) when its settings change."""
+        args = self.args
+        settings = self._settings(FILTER_SETTINGS, upstream=generated.fingerprint, version=filters.FILTER_VERSION)
+        stage = ShardedStage(self.work, "filter", settings, 1, FILTER_SCHEMA)
+        if self.state.is_main_process:
+            stage.reset_if_changed()
+
+        def work(index):
+            bench = [] if args.benchmarks == "none" else filters.load_benchmark_prompts(args.benchmarks or data_dir() / "eval")
+            kept, counts = filters.filter_instructions(
+                generated.read(), bench, self.pool["prompt"], args.near_duplicate_threshold, args.contamination_threshold,
+                args.ngram, request_text=generate.request_messages([], args.request)[0]["content"],
+                show_progress=self.state.is_main_process)
+            atomic_write_text(self.work / "filter" / "counts.json", json.dumps(counts, indent=2))
+            return [{k: r[k] for k in ("request_index", "id", "instruction")} for r in kept], {"counts": counts}
+
+        _run_stage(stage, self.state, work, "filter")
+        if self.state.is_main_process:
+            print(f"filter: {json.dumps(stage.metadata()[0]['counts'])}", file=sys.stderr)
+        return stage
+
+    def respond(self, filtered):
+        args, kept = self.args, filtered.read()
+        settings = self._settings(RESPOND_SETTINGS, upstream=filtered.fingerprint, responder=args.responder or args.generator)
+        stage = ShardedStage(self.work, "respond", settings, -(-len(kept) // args.shard_size), RESPOND_SCHEMA)
+
+        def work(index):
+            rows = kept[index * args.shard_size : (index + 1) * args.shard_size]
+            return respond.respond_shard(self.models.generator(args.responder or args.generator), rows, args,
+                                         derive_seed(args.seed, "respond", index))
+
+        return _run_stage(stage, self.state, work, "respond")
+
+    def label(self, items, responded):
+        """Relabelled (keeping the generations) when the teacher or the seed sample changes."""
+        args = self.args
+        settings = self._settings(LABEL_SETTINGS, upstream=responded.fingerprint, seed_rows=args.seed_rows)
+        stage = ShardedStage(self.work, "label", settings, -(-len(items) // args.label_shard_size), LABEL_SCHEMA)
+        if self.state.is_main_process:
+            stage.reset_if_changed()
+
+        def work(index):
+            return label.label_shard(self.models.teacher(), items[index * args.label_shard_size : (index + 1) * args.label_shard_size])
+
+        return _run_stage(stage, self.state, work, "label")
+
+    def write(self, items, kept, counts, labeled, generation_meta):
+        """The corpus folder (main process), then the optional Hub upload."""
+        args, output = self.args, Path(self.args.output_dir)
+        if self.state.is_main_process:
+            rows = scored_rows(items, labeled.read(), self.work)
+            stats = card.corpus_stats(rows, args, counts, [r["instruction"] for r in kept],
+                                      label.teacher_kind(args.teacher, args.teacher_kind), generation_meta)
+            write_corpus(output, rows, stats, args.rows_per_file, repo_id=args.push_to_hub, stats_path=self.work / "stats.json")
+            print(f"build-corpus: {len(rows)} rows ({counts['kept']} instructions kept of {counts['generated']}) -> {output}", file=sys.stderr)
+            if args.push_to_hub:
+                url = push_folder(output, args.push_to_hub, repo_type="dataset", private=args.hub_private,
+                                  commit_message="Upload HarmAug corpus (saferoute build-corpus)")
+                print(f"pushed to {url}", file=sys.stderr)
+        self.state.wait_for_everyone()
+        return output
+
+
+def scored_rows(items, scores, work):
+    """Corpus rows: the items with the teacher's unsafe_score and its hard label."""
+    rows = []
+    for item, scored in zip(items, scores):
+        if item["id"] != scored["id"]:
+            raise RuntimeError(f"Label shards of {work} are out of step with the items ({item['id']} != {scored['id']}).")
+        score = scored["unsafe_score"]
+        rows.append({"id": item["id"], "prompt": item["prompt"], "response": item["response"], "unsafe_score": score,
+                     "label": int(score > 0.5), "human_label": item["human_label"], "level": item["level"],
+                     "source": item["source"], "origin": item["origin"], "kind": item["kind"]})
+    return rows
+
+
 def build(args: BuildCorpusArguments):
     """Run the stages up to `args.stop_after`; returns the output folder (or the work folder)."""
     import importlib.util
 
-    import torch
-    from accelerate import PartialState
-
     if args.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         generate.VLLMGenerator(args.generator)  # raises the ImportError that says what to install, before any work
-
-    state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
-    device = args.device or (str(state.device) if state.device.type != "cpu" else "cpu")
-    work = Path(args.work_dir)
-    if args.overwrite and state.is_main_process and work.exists():
-        shutil.rmtree(work)
-    state.wait_for_everyone()
     if STAGES.index(args.stop_after) >= STAGES.index("label"):
         label.teacher_kind(args.teacher, args.teacher_kind)  # a missing teacher fails now, not after generating
-    models = _Models(args, device)
-    pool, seeds = seed_rows(args)
-    exemplars = generate.exemplar_pool(pool, args.exemplar_max_chars)
-    if len(exemplars) < args.num_exemplars:
-        raise ValueError(f"Seed pool {args.seed_pool!r} has {len(exemplars)} usable harmful prompts, fewer than num_exemplars={args.num_exemplars}.")
-
-    # 1. generate
-    gen_settings = {k: getattr(args, k) for k in (
-        "seed_pool", "generator", "backend", "dtype", "num_requests", "num_exemplars", "exemplar_max_chars", "request",
-        "prefix", "temperature", "top_p", "max_new_tokens", "min_new_tokens", "min_words", "max_words", "max_chars",
-        "batch_size", "shard_size", "seed")}
-    n_gen = -(-args.num_requests // args.shard_size)
-    gen_stage = ShardedStage(work, "generate", gen_settings, n_gen, GENERATE_SCHEMA)
-
-    def gen_work(index):
-        indices = list(range(index * args.shard_size, min((index + 1) * args.shard_size, args.num_requests)))
-        return generate.generate_shard(models.generator(args.generator), exemplars, indices, args, derive_seed(args.seed, "generate", index))
-
-    _run_stage(gen_stage, state, gen_work, "generate")
+    run = CorpusBuild(args)
+    generated = run.generate()
     if args.stop_after == "generate":
-        return work
-
-    # 2. filter (one shard, main process)
-    filter_settings = {"upstream": gen_stage.fingerprint, "version": filters.FILTER_VERSION, **{k: getattr(args, k) for k in (
-        "benchmarks", "ngram", "near_duplicate_threshold", "contamination_threshold")}}
-    filter_stage = ShardedStage(work, "filter", filter_settings, 1, FILTER_SCHEMA)
-    if state.is_main_process:
-        filter_stage.reset_if_changed()  # derived in seconds from the generations: redo rather than refuse
-    counts_path = work / "filter" / "counts.json"
-
-    def filter_work(index):
-        bench = [] if args.benchmarks == "none" else filters.load_benchmark_prompts(args.benchmarks or data_dir() / "eval")
-        kept, counts = filters.filter_instructions(
-            gen_stage.read(), bench, pool["prompt"], args.near_duplicate_threshold, args.contamination_threshold,
-            args.ngram, request_text=generate.request_messages([], args.request)[0]["content"],
-            show_progress=state.is_main_process)
-        atomic_write_text(counts_path, json.dumps(counts, indent=2))
-        return [{k: r[k] for k in ("request_index", "id", "instruction")} for r in kept], {"counts": counts}
-
-    _run_stage(filter_stage, state, filter_work, "filter")
-    kept = filter_stage.read()
-    counts = filter_stage.metadata()[0]["counts"]
-    if state.is_main_process:
-        print(f"filter: {json.dumps(counts)}", file=sys.stderr)
+        return run.work
+    filtered = run.filter(generated)
     if args.stop_after == "filter":
-        return work
-
-    # 3. respond
-    resp_settings = {"upstream": filter_stage.fingerprint, "responder": args.responder or args.generator, **{k: getattr(args, k) for k in (
-        "backend", "dtype", "temperature", "top_p", "response_max_new_tokens", "response_min_new_tokens",
-        "compliant_prefix", "refusal_prefix", "batch_size", "shard_size", "seed")}}
-    resp_stage = ShardedStage(work, "respond", resp_settings, -(-len(kept) // args.shard_size), RESPOND_SCHEMA)
-
-    def resp_work(index):
-        rows = kept[index * args.shard_size : (index + 1) * args.shard_size]
-        return respond.respond_shard(models.generator(args.responder or args.generator), rows, args, derive_seed(args.seed, "respond", index))
-
-    _run_stage(resp_stage, state, resp_work, "respond")
+        return run.work
+    responded = run.respond(filtered)
     if args.stop_after == "respond":
-        return work
-
-    # 4. label
-    items = corpus_items(seeds, kept, resp_stage.read())
-    label_settings = {"upstream": resp_stage.fingerprint, "seed_rows": args.seed_rows, **{k: getattr(args, k) for k in (
-        "teacher", "teacher_kind", "teacher_dtype", "teacher_batch_size", "teacher_max_length", "label_shard_size")}}
-    label_stage = ShardedStage(work, "label", label_settings, -(-len(items) // args.label_shard_size), LABEL_SCHEMA)
-    if state.is_main_process:
-        label_stage.reset_if_changed()  # another teacher (or seed sample): relabel, keep the generations
-
-    def label_work(index):
-        return label.label_shard(models.teacher(), items[index * args.label_shard_size : (index + 1) * args.label_shard_size])
-
-    _run_stage(label_stage, state, label_work, "label")
+        return run.work
+    kept = filtered.read()
+    items = corpus_items(run.seeds, kept, responded.read())
+    labeled = run.label(items, responded)
     if args.stop_after == "label":
-        return work
-
-    # 5. write (main process)
-    output = Path(args.output)
-    if state.is_main_process:
-        scores = label_stage.read()
-        rows = []
-        for item, scored in zip(items, scores):
-            if item["id"] != scored["id"]:
-                raise RuntimeError(f"Label shards of {work} are out of step with the items ({item['id']} != {scored['id']}).")
-            score = scored["unsafe_score"]
-            rows.append({"id": item["id"], "prompt": item["prompt"], "response": item["response"], "unsafe_score": score,
-                         "label": int(score > 0.5), "human_label": item["human_label"], "level": item["level"],
-                         "source": item["source"], "origin": item["origin"], "kind": item["kind"]})
-        stats = card.corpus_stats(rows, args, counts, [r["instruction"] for r in kept],
-                                  label.teacher_kind(args.teacher, args.teacher_kind),
-                                  gen_stage.metadata() + resp_stage.metadata())
-        write_corpus(output, rows, stats, args.rows_per_file, repo_id=args.push_to_hub, stats_path=work / "stats.json")
-        print(f"build-corpus: {len(rows)} rows ({counts['kept']} instructions kept of {counts['generated']}) -> {output}", file=sys.stderr)
-        if args.push_to_hub:
-            url = card.push_folder(output, args.push_to_hub, private=args.hub_private)
-            print(f"pushed to {url}", file=sys.stderr)
-    state.wait_for_everyone()
-    return output
+        return run.work
+    counts = filtered.metadata()[0]["counts"]
+    return run.write(items, kept, counts, labeled, generated.metadata() + responded.metadata())
 
 
 def main(argv=None):
-    from training.config import parse_args
-
     args = parse_args([BuildCorpusArguments], argv, section="build_corpus")
     build(args)
     return 0

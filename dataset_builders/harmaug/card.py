@@ -1,4 +1,4 @@
-"""Stage 5 helpers: the corpus rows' statistics for the dataset card, reading the card back, and the Hub upload."""
+"""Stage 5 helpers: the corpus rows' statistics for the dataset card, and reading the card back."""
 
 import re
 from collections import defaultdict
@@ -46,26 +46,6 @@ def corpus_stats(rows, args, filter_counts, instructions, teacher_kind, generati
     stats["generation"] = {"seconds": seconds, "cpu_seconds": cpu, "new_tokens": tokens, "tokens_per_second": tokens / seconds,
                            "tokens_per_cpu_second": tokens / cpu if cpu else None} if seconds else None
     return stats
-
-
-def push_folder(folder, repo_id, private=False, token=None):
-    """Upload the corpus folder as the dataset repo `repo_id` (created if needed); returns the commit URL.
-
-    Raises `ConnectionError` naming the Hub endpoint and the repo when the Hub cannot be reached
-    (offline mode included).
-    """
-    from huggingface_hub import constants, create_repo, upload_folder
-
-    try:
-        create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True, token=token)
-        return upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset", token=token,
-                             commit_message="Upload HarmAug corpus (saferoute build-corpus)")
-    except Exception as err:
-        offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
-        raise ConnectionError(
-            f"Could not push {folder} to the dataset repo {repo_id!r} on the Hugging Face Hub at "
-            f"{constants.ENDPOINT}{offline}: {type(err).__name__}: {err}"
-        ) from err
 
 
 def corpus_teacher(corpus):

@@ -53,7 +53,8 @@ def render_chat(tokenizer, messages, prefix=""):
     return text + prefix
 
 
-def _strip_quotes(text):
+def strip_quotes(text):
+    """The text inside a leading quote (to its closing quote, or to the end), else the text stripped."""
     text = text.strip()
     if text and text[0] in QUOTES:
         close = QUOTES[text[0]]
@@ -82,7 +83,7 @@ def parse_instruction(text, min_words=4, max_words=80, max_chars=600):
         return None
     quoted = re.search(r"[\"\u201c]([^\"\u201c\u201d]{3,})[\"\u201d]", line)
     if line[0] in QUOTES:
-        line = _strip_quotes(line)
+        line = strip_quotes(line)
     elif quoted and len(quoted.group(1).split()) >= min_words:
         line = quoted.group(1)
     line = " ".join(line.strip(" \t\"'\u201c\u201d`").split())
@@ -100,12 +101,12 @@ class TransformersGenerator:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from modeling_saferoute.bundled import resolve
-        from modeling_saferoute.guards import _device, _dtype
+        from modeling_saferoute.guards import resolve_device, resolve_dtype
 
         path = resolve(name_or_path)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(dtype)).to(_device(device)).eval()
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype)).to(resolve_device(device)).eval()
         except Exception as err:
             raise OSError(f"Could not load the generator {name_or_path!r}: {err}") from err
         self.tokenizer.padding_side = "left"

@@ -1,7 +1,7 @@
 """Measurements of the generator (not part of the build): the paper's affirmative-prefix ablation
 and batched against one-at-a-time generation throughput.
 
-    python -m dataset_builders.harmaug.measure --config training/recipes/cpu-offline.yaml \\
+    python -m dataset_builders.harmaug.measure --config saferoute/recipes/cpu-offline.yaml \\
         --measure_dir outputs/harmaug-measure --ablation_requests 64 [--score_teacher true]
 
 The ablation builds the generate and filter stages twice (with the prefix, without it) and reports
@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from saferoute.config import parse_args
+
 from . import filters, generate, label
 from .build import BuildCorpusArguments, build, seed_rows
 
@@ -33,7 +35,7 @@ HARM_KEYWORDS = re.compile(
 
 @dataclass
 class MeasureArguments:
-    measure_dir: str = field(default="outputs/harmaug-measure", metadata={"help": "Where the ablation stages and results.json go."})
+    measure_dir: str = field(default="{output_root}/harmaug-measure", metadata={"help": "Where the ablation stages and results.json go."})
     ablation_requests: int = field(default=64, metadata={"help": "Requests per arm of the prefix ablation."})
     score_teacher: bool = field(default=False, metadata={"help": "Score the ablation instructions with --teacher."})
     throughput_requests: int = field(default=16, metadata={"help": "Requests timed per setting (0 skips the throughput run)."})
@@ -52,7 +54,7 @@ def ablation(args, m):
     for arm, prefix in (("with_prefix", args.prefix or generate.AFFIRMATIVE_PREFIX), ("without_prefix", "")):
         work = Path(m.measure_dir) / arm
         arm_args = replace(args, prefix=prefix, num_requests=m.ablation_requests, work_dir=str(work),
-                           output=str(work / "unused"), stop_after="filter", overwrite=False)
+                           output_dir=str(work / "unused"), stop_after="filter", overwrite=False)
         build(arm_args)
         rows = pq.read_table(sorted((work / "generate").glob("shard-*.parquet"))).to_pylist()
         parsed = [r["instruction"] for r in rows if r["instruction"]]
@@ -104,8 +106,6 @@ def throughput(args, m):
 
 
 def main(argv=None):
-    from training.config import parse_args
-
     args, m = parse_args([BuildCorpusArguments, MeasureArguments], argv, section="build_corpus")
     Path(m.measure_dir).mkdir(parents=True, exist_ok=True)
     results = {"generator": args.generator, "ablation": ablation(args, m)}

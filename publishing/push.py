@@ -1,8 +1,8 @@
 """`saferoute push`: upload a model folder (and/or the HarmAug corpus folder) to the Hugging Face Hub.
 
-Each folder goes up as is, in one commit (`create_repo` + `upload_folder`): model card, remote
-code and weights for a SafeRoute model; dataset card and parquet shards for a corpus. Offline, or
-when the Hub cannot be reached, it fails with a message naming the endpoint and the repository.
+Each folder goes up as is, in one commit (`publishing.hub.push_folder`): model card, remote code
+and weights for a SafeRoute model; dataset card and parquet shards for a corpus. Offline, or when
+the Hub cannot be reached, it fails with a message naming the endpoint and the repository.
 """
 
 import json
@@ -11,14 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from huggingface_hub import HfApi, constants
-from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+from saferoute.config import parse_args
 
-from .config import parse_args
+from .hub import push_folder
 
 logger = logging.getLogger(__name__)
-
-IGNORE_PATTERNS = ["checkpoints/**", "**/.ipynb_checkpoints/**", "*.pyc", "**/__pycache__/**", "*.bin", "*.pkl", "*.pt"]
 
 
 @dataclass
@@ -32,51 +29,6 @@ class PushArguments:
     commit_message: str = field(default="Upload with saferoute push", metadata={"help": "Commit message."})
     token: Optional[str] = field(default=None, metadata={"help": "Hub token (default: HF_TOKEN or the saved login)."})
     endpoint: Optional[str] = field(default=None, metadata={"help": "Hub endpoint (default: HF_ENDPOINT or https://huggingface.co)."})
-
-
-def check_folder(folder, repo_type):
-    """Raise ValueError when `folder` is not an uploadable model / dataset folder."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"{repo_type} folder {folder} does not exist.")
-    need = ["config.json"] if repo_type == "model" else ["README.md"]
-    missing = [n for n in need if not (folder / n).exists()]
-    if missing:
-        raise ValueError(f"{folder} is not a {repo_type} folder: it lacks {missing}.")
-    if repo_type == "model" and not any(folder.glob("*.safetensors")):
-        raise ValueError(f"{folder} holds no *.safetensors weights.")
-    if repo_type == "dataset" and not any(folder.glob("data/*.parquet")):
-        raise ValueError(f"{folder} holds no data/*.parquet shards.")
-    return folder
-
-
-def push_folder(folder, repo_id, repo_type="model", private=False, revision=None, commit_message="Upload with saferoute push", token=None, endpoint=None):
-    """`create_repo` + `upload_folder` in one commit; returns the commit URL."""
-    folder = check_folder(folder, repo_type)
-    if not repo_id:
-        raise ValueError(f"No repository id given for {folder} (--repo-id / --dataset-repo-id).")
-    endpoint = endpoint or constants.ENDPOINT
-    where = f"the Hugging Face Hub at {endpoint} ({repo_type} repository {repo_id!r}, uploading {folder})"
-    if constants.is_offline_mode():
-        raise ConnectionError(f"Cannot reach {where}: offline mode is on (HF_HUB_OFFLINE=1). Unset HF_HUB_OFFLINE on a machine with network access.")
-    api = HfApi(endpoint=endpoint, token=token)
-    try:
-        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-        if revision:
-            api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
-        info = api.upload_folder(
-            folder_path=str(folder), repo_id=repo_id, repo_type=repo_type, revision=revision,
-            commit_message=commit_message, ignore_patterns=IGNORE_PATTERNS,
-        )
-    except OfflineModeIsEnabled as err:
-        raise ConnectionError(f"Cannot reach {where}: offline mode is on (HF_HUB_OFFLINE=1).") from err
-    except HfHubHTTPError as err:
-        raise ConnectionError(f"{where} refused the upload: {err}") from err
-    except Exception as err:  # transport errors (DNS, refused connection, timeout) of the HTTP client
-        if type(err).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "requests", "urllib3") or isinstance(err, OSError):
-            raise ConnectionError(f"Cannot reach {where}: {type(err).__name__}: {err}") from err
-        raise
-    return info.commit_url if hasattr(info, "commit_url") else str(info)
 
 
 def warn_local_large_guard(model_dir, repo_id):

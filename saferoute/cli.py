@@ -8,12 +8,12 @@ COMMANDS = {
     "build-corpus": ("dataset_builders.harmaug.build", "Build the HarmAug corpus: generate, filter, respond, label with the teacher, write."),
     "distill": ("training.distill", "HarmAug knowledge distillation of the teacher into the student."),
     "train-router": ("training.train_router", "Train the SafeRoute router on the student's features."),
-    "evaluate": ("training.evaluate", "Evaluate guards / SafeRoute models on the six-benchmark suite."),
-    "push": ("training.push", "Upload a model or dataset folder to the Hugging Face Hub."),
-    "package": ("training.package", "Assemble a SafeRoute model folder from a student, a router and a large-guard reference."),
-    "export": ("training.export", "Export a SafeRoute model to ONNX (fp32 and int8) for onnxruntime."),
+    "evaluate": ("evaluation.evaluate", "Evaluate guards / SafeRoute models on the six-benchmark suite."),
+    "push": ("publishing.push", "Upload a model or dataset folder to the Hugging Face Hub."),
+    "package": ("publishing.package", "Assemble a SafeRoute model folder from a student, a router and a large-guard reference."),
+    "export": ("publishing.export", "Export a SafeRoute model to ONNX (fp32 and int8) for onnxruntime."),
     "demo": ("spaces_app.app", "Serve the Gradio demo of a SafeRoute model on localhost."),
-    "quickstart": ("training.quickstart", "Run the whole chain with the bundled offline models."),
+    "quickstart": ("saferoute.quickstart", "Run the whole chain with the bundled offline models."),
 }
 
 

@@ -1,7 +1,8 @@
 """`saferoute package`: assemble a SafeRoute model folder (student + router + large-guard reference).
 
 The folder is exactly what `saferoute push` uploads: safetensors weights, tokenizer, config.json
-with `auto_map` and `custom_pipelines`, the remote code of `modeling_saferoute/`, and README.md.
+with `auto_map` and `custom_pipelines`, the remote code of `modeling_saferoute/`, the student's
+training record (`distill_info.json`) and README.md.
 """
 
 import logging
@@ -18,15 +19,17 @@ from modeling_saferoute import PIPELINE_IMPL, REMOTE_CODE_FILES, SafeRouteConfig
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.guards import GUARD_KINDS
 
-from .config import parse_args
+from saferoute.config import parse_args
 
 logger = logging.getLogger(__name__)
+STUDENT_RECORD = "training_info.json"  # written by saferoute distill in the student folder
+DISTILL_RECORD = "distill_info.json"  # its copy in the SafeRoute folder
 
 
 @dataclass
 class PackageArguments:
     student: str = field(default="bundled:minilm-l6", metadata={"help": "Student: a sequence-classification checkpoint (head kept), a bare encoder (new, untrained head), a SafeRoute folder, or a bundled: alias."})
-    output: str = field(default="outputs/saferoute-guard", metadata={"help": "Output model folder."})
+    output_dir: str = field(default="{output_root}/saferoute-guard", metadata={"help": "Output model folder."})
     large_guard: Optional[str] = field(default=None, metadata={"help": "Large guard: local folder, Hub id or bundled: alias. Recorded, not downloaded."})
     large_guard_kind: Optional[str] = field(default=None, metadata={"help": f"Adapter kind of the large guard: {sorted(GUARD_KINDS)}."})
     large_guard_revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of the large guard."})
@@ -106,13 +109,16 @@ def package(args: PackageArguments):
     config.head_trained = bool(head_trained or getattr(config, "head_trained", False))
     config.router_trained = bool(router_trained)
     config.custom_pipelines = {"text-classification": dict(PIPELINE_IMPL)}
-    output = Path(args.output)
+    output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output)
     tokenizer.save_pretrained(output)
     code_dir = Path(modeling_saferoute.__file__).parent
     for name in REMOTE_CODE_FILES:
         shutil.copy(code_dir / name, output / name)
+    record = Path(resolve(args.student)) / STUDENT_RECORD
+    if record.is_file():  # how the student was made, for the model card
+        shutil.copy(record, output / DISTILL_RECORD)
     if args.model_card:
         from model_cards import render_model_card
 

@@ -8,14 +8,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-SHORT = {
-    "openai_moderation": "OAI",
-    "toxicchat": "ToxicChat",
-    "harmbench": "HarmBench",
-    "wildguardmix_prompt": "WGM-prompt",
-    "wildguardmix_response": "WGM-response",
-    "xstest_response": "XSTest",
-}
+from dataset_builders.benchmarks import BENCHMARKS  # noqa: E402
+
+from .methods import METHODS  # noqa: E402
+
 TITLES = {
     "f1": "F1 (threshold {threshold})",
     "precision": "Precision",
@@ -25,18 +21,19 @@ TITLES = {
     "large_usage": "Large-model usage (share of inputs sent to the large guard)",
     "routing_f1": "Routing F1 (router decision vs t = student wrong and large right)",
 }
-METHOD_NAMES = {
-    "guard": "guard",
-    "student": "student only",
-    "large": "large only",
-    "saferoute": "SafeRoute",
-    "random": "random (same usage)",
-    "entropy": "entropy",
-    "temperature": "temperature-scaled entropy",
-    "oracle": "oracle",
-}
-COLORS = {"student": "tab:blue", "large": "tab:red", "saferoute": "tab:green", "random": "tab:gray",
-          "entropy": "tab:orange", "temperature": "tab:purple", "oracle": "black", "guard": "tab:blue"}
+GUARD = {"title": "guard", "color": "tab:blue"}  # the single row of guard mode
+
+
+def _title(name):
+    return GUARD["title"] if name == "guard" else METHODS[name].title if name in METHODS else name
+
+
+def _color(name):
+    return GUARD["color"] if name == "guard" else METHODS[name].color if name in METHODS else None
+
+
+def _short(name):
+    return BENCHMARKS[name].short if name in BENCHMARKS else name
 
 
 def _fmt(value, std=None):
@@ -54,12 +51,12 @@ def _table(header, rows):
 def markdown_report(report):
     """The report as Markdown."""
     names = list(report["benchmarks"])
-    header = ["method"] + [SHORT.get(n, n) for n in names] + ["avg"]
+    header = ["method"] + [_short(n) for n in names] + ["avg"]
     settings = report["settings"]
     out = [f"# Safety benchmark evaluation ({report['mode']})", ""]
     for key, value in report["models"].items():
         out.append(f"- {key}: `{value.get('name_or_path')}` (kind `{value.get('kind')}`)")
-    out.append("- examples: " + ", ".join(f"{SHORT.get(n, n)} {report['benchmarks'][n]['n']}" for n in names))
+    out.append("- examples: " + ", ".join(f"{_short(n)} {report['benchmarks'][n]['n']}" for n in names))
     out.append("- settings: " + ", ".join(f"{k}={v}" for k, v in settings.items() if k != "benchmarks"))
     out.append("")
     methods = list(report["average"]["methods"])
@@ -68,7 +65,7 @@ def markdown_report(report):
         out += [f"## {TITLES[metric].format(threshold=settings.get('threshold', 0.5))}", ""]
         rows = []
         for method in methods:
-            row = [METHOD_NAMES.get(method, method)]
+            row = [_title(method)]
             for scope in [report["benchmarks"][n] for n in names] + [report["average"]]:
                 m = scope["methods"][method]
                 row.append(_fmt(m.get(metric), m.get("std", {}).get(metric)))
@@ -127,9 +124,8 @@ def plot_pr_curves(curves, path):
     fig, axes = _grid(len(curves))
     for ax, (name, systems) in zip(axes, curves.items()):
         for system, (precision, recall, auprc) in systems.items():
-            ax.plot(recall, precision, label=f"{METHOD_NAMES.get(system, system)} ({auprc:.3f})",
-                    color=COLORS.get(system), drawstyle="steps-post")
-        ax.set_title(SHORT.get(name, name))
+            ax.plot(recall, precision, label=f"{_title(system)} ({auprc:.3f})", color=_color(system), drawstyle="steps-post")
+        ax.set_title(_short(name))
         ax.set_xlabel("recall")
         ax.set_ylabel("precision")
         ax.set_xlim(0, 1)
@@ -144,16 +140,17 @@ def plot_usage_sweeps(sweeps, points, path):
     """F1 against large-model usage per benchmark (and averaged): SafeRoute's router-threshold sweep
     against entropy and random routing, with student, large-only, SafeRoute and oracle marked."""
     fig, axes = _grid(len(sweeps))
-    sweep_names = {**METHOD_NAMES, "saferoute": "SafeRoute (router threshold 1 -> 0)", "random": "random",
-                   "entropy": "entropy (threshold ln 2 -> 0)"}
+    sweep_names = {"saferoute": "SafeRoute (router threshold 1 -> 0)", "random": "random",
+                   "entropy": "entropy (threshold 1 -> 0 bits)", "temperature": "temperature-scaled entropy (1 -> 0 bits)"}
     for ax, (name, curves) in zip(axes, sweeps.items()):
         for method, curve in curves.items():
-            ax.plot(curve["usage"], curve["f1"], label=sweep_names.get(method, method), color=COLORS.get(method),
+            ax.plot(curve["usage"], curve["f1"], label=sweep_names.get(method, _title(method)),
+                    color=_color("random_same_usage" if method == "random" else method),
                     marker="." if method == "random" else None, linewidth=1.2)
         for method, (usage, f1) in points[name].items():
-            ax.scatter([usage], [f1], color=COLORS.get(method), marker="*" if method == "oracle" else "o",
-                       zorder=5, s=50, label=METHOD_NAMES.get(method, method))
-        ax.set_title(SHORT.get(name, name))
+            ax.scatter([usage], [f1], color=_color(method), marker=METHODS[method].marker or "o",
+                       zorder=5, s=50, label=_title(method))
+        ax.set_title(_short(name))
         ax.set_xlabel("large-model usage")
         ax.set_ylabel("F1")
         ax.set_xlim(-0.02, 1.02)

@@ -4,23 +4,23 @@ the six-benchmark suite (`dataset_builders.benchmarks`).
 Every model scores every example once: per-example scores are cached in
 `OUTPUT/cache/<model key>.parquet` (keyed by example id; the model key hashes the model's name,
 kind, settings and its weight files' sizes and mtimes, so another model never reuses stale
-scores). Every method and threshold is then computed from the cache (`training.eval_metrics`).
+scores, `evaluation.cache`). Every method of `evaluation.methods.METHODS` is then computed from
+the cached scores.
 
     saferoute evaluate --model outputs/saferoute-guard --benchmarks all --max-per-benchmark 200
-    saferoute evaluate --guard outputs/teacher --guard-kind llama_guard --output outputs/eval/teacher
+    saferoute evaluate --guard outputs/teacher --guard-kind llama_guard --output_dir outputs/eval/teacher
 
 Outputs: `report.json` (per benchmark and averaged, per method: f1, precision, recall, accuracy,
-auprc, large_usage, routing_f1; plus throughput), `report.md`, `scores.parquet` (this run's
-per-example scores), `curves.json` and the plots `pr_curves.png`, `f1_vs_usage.png`.
+auprc, large_usage, routing_f1; plus throughput and the display titles), `report.md`,
+`scores.parquet` (this run's per-example scores), `curves.json` and the plots `pr_curves.png`,
+`f1_vs_usage.png`. A local SafeRoute model folder gets its model card (README.md) rewritten with
+the results (`--model_card false` to leave it).
 Python: `evaluate_saferoute(model, **settings)` and `evaluate_guard(guard, guard_kind, **settings)`
 return the report dict.
 """
 
-import hashlib
 import json
 import logging
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -30,15 +30,16 @@ import pandas as pd
 from tqdm.auto import tqdm
 from transformers import AutoConfig, pipeline
 
-from dataset_builders.benchmarks import SOURCES, load_benchmarks, parse_benchmark_names, subsample
-from dataset_builders.schema import guard_items
+from dataset_builders.benchmarks import BENCHMARKS, SOURCES, load_benchmarks, parse_benchmark_names, subsample
 from dataset_builders.seed_pool import load_seed_pool, stratified_split
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.guards import GUARD_KINDS, load_guard
+from saferoute.config import parse_args
 
-from . import eval_metrics as M
-from .config import parse_args
-from .eval_report import markdown_report, plot_pr_curves, plot_usage_sweeps
+from . import metrics as M
+from .cache import LazyScorer, ScoreCache, cached_scores, model_key
+from .methods import RoutingInputs, evaluate_methods, final_scores, method_titles, routed_mask, usage_sweeps
+from .report import markdown_report, plot_pr_curves, plot_usage_sweeps
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +60,11 @@ class EvaluateArguments:
     benchmark_source: str = field(default="offline", metadata={"help": f"Where the benchmarks come from: {list(SOURCES)}."})
     max_per_benchmark: Optional[int] = field(default=None, metadata={"help": "Stratified, seeded subsample of at most N examples per benchmark."})
     seed: int = field(default=0, metadata={"help": "Seed of the subsamples."})
-    output: str = field(default="outputs/eval", metadata={"help": "Output folder (report, cache, plots)."})
+    output_dir: str = field(default="{output_root}/eval", metadata={"help": "Output folder (report, cache, plots)."})
     threshold: float = field(default=0.5, metadata={"help": "P(unsafe) above this is 'unsafe'."})
     router_threshold: Optional[float] = field(default=None, metadata={"help": "Router threshold of the SafeRoute method (default: the model's)."})
-    entropy_threshold: float = field(default=0.5, metadata={"help": "Entropy baselines route when the student's binary entropy (nats) is above this."})
-    random_seeds: int = field(default=5, metadata={"help": "Seeds of the random-routing baseline."})
+    entropy_threshold: float = field(default=0.5, metadata={"help": "Entropy baselines route when the student's binary entropy (bits, as in SafeRoute's code) is above this."})
+    random_seeds: int = field(default=5, metadata={"help": "Seeds of the random-routing baselines."})
     validation: str = field(default="offline", metadata={"help": "Seed pool whose 10% stratified split (seed 0) fits the temperature and the budget threshold: 'offline', 'wildguardmix', a file, or 'none'."})
     max_validation: Optional[int] = field(default=None, metadata={"help": "Stratified subsample of the validation split."})
     large_budget: Optional[float] = field(default=None, metadata={"help": "Report the router threshold keeping large-model usage <= this share on the validation split, and its F1."})
@@ -73,82 +74,10 @@ class EvaluateArguments:
     max_length: Optional[int] = field(default=None, metadata={"help": "Token budget of the large guard / --guard (default: the SafeRoute config's, else the guard's own)."})
     plots: bool = field(default=True, metadata={"help": "Write the PNG plots."})
     recompute: bool = field(default=False, metadata={"help": "Ignore (and overwrite) cached scores."})
+    model_card: bool = field(default=True, metadata={"help": "Rewrite the README.md of a local SafeRoute --model folder with these results."})
 
 
-# -- per-example score cache ------------------------------------------------------------------------
-def model_key(role, name_or_path, kind, **settings):
-    """(key, info): a short stable key of a model's identity: name, kind, settings, and for a local
-    folder the names, sizes and mtimes of its weight files."""
-    info = {"name_or_path": name_or_path, "kind": kind, **{k: v for k, v in settings.items() if v is not None}}
-    path = Path(resolve(name_or_path))
-    if path.is_dir():
-        weights = [f for f in sorted(path.iterdir()) if f.suffix in (".safetensors", ".bin", ".gguf")]
-        info["weights"] = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in weights]
-    digest = hashlib.sha1(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return f"{role}-{digest}", info
-
-
-class ScoreCache:
-    """Per-example scores of one model in a parquet file: `id`, the score columns, and `seconds`
-    (the measured wall time per example of the call that scored it)."""
-
-    def __init__(self, path, columns, info=None, recompute=False):
-        self.path, self.columns = Path(path), tuple(columns)
-        if self.path.exists() and not recompute:
-            self.frame = pd.read_parquet(self.path).set_index("id")
-        else:
-            self.frame = pd.DataFrame(columns=[*self.columns, "seconds"], index=pd.Index([], name="id"))
-        self.scored = 0  # examples scored (not read from the cache) by this process
-        if info is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.with_suffix(".json").write_text(json.dumps(info, indent=2, default=str))
-
-    def missing(self, ids):
-        return [i for i in dict.fromkeys(ids) if i not in self.frame.index]
-
-    def add(self, ids, values, seconds_per_example):
-        new = pd.DataFrame({c: values[c] for c in self.columns}, index=pd.Index(ids, name="id"))
-        new["seconds"] = seconds_per_example
-        self.frame = new if self.frame.empty else pd.concat([self.frame, new])
-        self.scored += len(ids)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        self.frame.reset_index().to_parquet(tmp, index=False)
-        os.replace(tmp, self.path)
-
-    def lookup(self, ids):
-        return self.frame.loc[list(ids)].reset_index()
-
-
-class LazyScorer:
-    """Loads a model on first use (so a fully cached run loads nothing); `get()` -> score function."""
-
-    def __init__(self, load):
-        self._load, self._fn = load, None
-
-    def get(self):
-        if self._fn is None:
-            self._fn = self._load()
-        return self._fn
-
-
-def cached_scores(cache, scorer, dataset, desc):
-    """Scores of every row of `dataset` from `cache`, scoring (and timing) only the ids it lacks."""
-    ids = dataset["id"]
-    missing = cache.missing(ids)
-    if missing:
-        first = {}
-        for i, id_ in enumerate(ids):
-            first.setdefault(id_, i)
-        items = guard_items(dataset.select([first[i] for i in missing]))
-        score = scorer.get()
-        logger.info("Scoring %d examples of %s (%s)", len(items), desc, cache.path.name)
-        start = time.perf_counter()
-        values = score(items)
-        cache.add(missing, values, (time.perf_counter() - start) / len(items))
-    return cache.lookup(ids)
-
-
+# -- scorers ----------------------------------------------------------------------------------------
 def student_scorer(model, batch_size, device):
     """Student P(unsafe) and router score from the SafeRoute pipeline with route="never"."""
 
@@ -188,7 +117,7 @@ def _throughput(n, seconds):
 
 
 def _average(per_benchmark, metrics):
-    """Mean over benchmarks of each metric of each method; random's std is over its per-seed averages."""
+    """Mean over benchmarks of each metric of each method; a seeded method's std is over its per-seed averages."""
     methods = next(iter(per_benchmark.values())).keys()
     out = {}
     for method in methods:
@@ -258,120 +187,142 @@ def _write_outputs(output, report, scores, curves, plots):
     (output / "report.md").write_text(markdown_report(report))
 
 
+class _Run:
+    """What one evaluation collects per benchmark: metrics, throughput, curves, per-example frames."""
+
+    def __init__(self):
+        self.per_method, self.throughput, self.frames, self.warnings = {}, {}, {}, []
+        self.curves = {"pr": {}, "sweeps": {}, "points": {}}
+
+
+def _evaluate_guard(args, datasets, run):
+    """Guard mode: one guard's scores on every benchmark. Returns (models, metrics, scored)."""
+    key, info = model_key("guard", args.guard, args.guard_kind, revision=args.guard_revision, dtype=args.dtype,
+                          max_length=args.max_length)
+    cache = ScoreCache(Path(args.output_dir) / "cache" / f"{key}.parquet", GUARD_COLUMNS, info, args.recompute)
+    scorer = guard_scorer(args.guard, args.guard_kind, args.batch_size, revision=args.guard_revision,
+                          dtype=args.dtype, device=args.device, max_length=args.max_length)
+    for name, ds in datasets.items():
+        scores = cached_scores(cache, scorer, ds, name)
+        labels = np.asarray(ds["label"])
+        with M.collect_warnings(run.warnings, f"{name}/guard"):
+            run.per_method[name] = {"guard": M.classification_metrics(labels, scores["unsafe_score"], args.threshold)}
+        run.throughput[name] = {"guard": _throughput(len(ds), scores["seconds"].sum())}
+        run.curves["pr"][name] = {"guard": (*M.pr_curve(labels, scores["unsafe_score"]), run.per_method[name]["guard"]["auprc"])}
+        run.frames[name] = pd.DataFrame({"benchmark": name, "id": ds["id"], "label": labels, "level": ds["level"],
+                                         "unsafe_score": scores["unsafe_score"], "seconds": scores["seconds"]})
+    return {"guard": info}, list(M.CLASSIFICATION_METRICS), {"guard": cache.scored}
+
+
+def _evaluate_saferoute(args, datasets, run, settings):
+    """SafeRoute mode: the student + router and the large guard on every benchmark, every method of
+    the registry. Returns (models, metrics, scored, validation)."""
+    output = Path(args.output_dir)
+    config = AutoConfig.from_pretrained(resolve(args.model), trust_remote_code=True)
+    router_threshold = config.router_threshold if args.router_threshold is None else args.router_threshold
+    large_name, large_kind, large_kwargs, large_batch = _large_guard_reference(args, config)
+    s_key, s_info = model_key("saferoute", args.model, "saferoute", max_length=getattr(config, "max_input_length", None))
+    l_key, l_info = model_key("large", large_name, large_kind, revision=large_kwargs["revision"], dtype=large_kwargs["dtype"],
+                              **{k: v for k, v in large_kwargs.items() if k not in ("revision", "dtype", "device", "batch_size")})
+    s_cache = ScoreCache(output / "cache" / f"{s_key}.parquet", STUDENT_COLUMNS, s_info, args.recompute)
+    l_cache = ScoreCache(output / "cache" / f"{l_key}.parquet", GUARD_COLUMNS, l_info, args.recompute)
+    s_scorer = student_scorer(args.model, args.batch_size, args.device)
+    l_scorer = guard_scorer(large_name, large_kind, large_batch, **large_kwargs)
+    temperature, validation = 1.0, None
+    if args.validation != "none":
+        val = _validation_split(args)
+        v = cached_scores(s_cache, s_scorer, val, VALIDATION)
+        with M.collect_warnings(run.warnings, "validation/temperature"):
+            temperature = M.fit_temperature(val["label"], v["student_unsafe_score"])
+        validation = {"labels": np.asarray(val["label"]), "router": v["router_score"].to_numpy()}
+    settings.update(router_threshold=router_threshold, entropy_threshold=args.entropy_threshold,
+                    entropy_unit=M.ENTROPY_UNIT, temperature=temperature, random_seeds=args.random_seeds,
+                    validation=args.validation if validation is not None else None,
+                    validation_examples=len(validation["labels"]) if validation is not None else 0)
+    for name, ds in datasets.items():
+        s = cached_scores(s_cache, s_scorer, ds, name)
+        lg = cached_scores(l_cache, l_scorer, ds, name)
+        inputs = RoutingInputs(np.asarray(ds["label"]), s["student_unsafe_score"].to_numpy(), lg["unsafe_score"].to_numpy(),
+                               s["router_score"].to_numpy(), router_threshold, args.threshold, args.entropy_threshold,
+                               temperature, args.random_seeds)
+        results = evaluate_methods(inputs, sink=run.warnings, where=f"{name}/")
+        run.per_method[name] = results
+        routed = routed_mask("saferoute", inputs)
+        run.throughput[name] = {
+            "student": _throughput(len(ds), s["seconds"].sum()),
+            "large_guard": _throughput(len(ds), lg["seconds"].sum()),
+            "saferoute": _throughput(len(ds), s["seconds"].sum() + lg["seconds"][routed].sum()),
+        }
+        run.curves["pr"][name] = {
+            method: (*M.pr_curve(inputs.labels, final_scores(method, inputs)), results[method]["auprc"])
+            for method in ("student", "large", "saferoute")
+        }
+        run.curves["sweeps"][name] = usage_sweeps(inputs)
+        run.curves["points"][name] = {m: (results[m]["large_usage"], results[m]["f1"]) for m in ("student", "large", "saferoute", "oracle")}
+        run.frames[name] = pd.DataFrame({
+            "benchmark": name, "id": ds["id"], "label": inputs.labels, "level": ds["level"],
+            "student_unsafe_score": inputs.student, "router_score": inputs.router, "large_unsafe_score": inputs.large,
+            "student_seconds": s["seconds"], "large_seconds": lg["seconds"],
+        })
+    if len(datasets) > 1:
+        _average_curves(run.curves, list(datasets))
+    models = {"saferoute": s_info, "large_guard": l_info}
+    return models, list(M.METRICS), {"student": s_cache.scored, "large_guard": l_cache.scored}, validation
+
+
+def _average_curves(curves, names):
+    curves["sweeps"]["average"] = {
+        method: {"usage": np.mean([curves["sweeps"][n][method]["usage"] for n in names], axis=0).tolist(),
+                 "f1": np.mean([curves["sweeps"][n][method]["f1"] for n in names], axis=0).tolist()}
+        for method in curves["sweeps"][names[0]]
+    }
+    curves["points"]["average"] = {
+        m: tuple(np.mean([curves["points"][n][m] for n in names], axis=0).tolist()) for m in curves["points"][names[0]]
+    }
+
+
+def report_titles(benchmarks, methods):
+    """The display names a report carries for its readers (markdown, plots, model card)."""
+    return {"benchmarks": {n: BENCHMARKS[n]._asdict() for n in benchmarks if n in BENCHMARKS},
+            "methods": {**method_titles(methods), **({"guard": "guard"} if "guard" in methods else {})}}
+
+
 def run_evaluation(args: EvaluateArguments):
     """Evaluate and write the outputs; returns the report dict."""
     _check(args)
-    output = Path(args.output)
+    output = Path(args.output_dir)
     names = parse_benchmark_names(args.benchmarks)
     datasets = load_benchmarks(names, args.benchmark_source, args.max_per_benchmark, args.seed)
-    warnings_seen = []
-    settings = {
-        "benchmarks": names,
-        "benchmark_source": args.benchmark_source,
-        "max_per_benchmark": args.max_per_benchmark,
-        "seed": args.seed,
-        "threshold": args.threshold,
-    }
-    frames, per_method, throughput, curves = {}, {}, {}, {"pr": {}, "sweeps": {}, "points": {}}
+    settings = {"benchmarks": names, "benchmark_source": args.benchmark_source, "max_per_benchmark": args.max_per_benchmark,
+                "seed": args.seed, "threshold": args.threshold}
+    run, validation = _Run(), None
     if args.guard:
-        key, info = model_key("guard", args.guard, args.guard_kind, revision=args.guard_revision, dtype=args.dtype,
-                              max_length=args.max_length)
-        cache = ScoreCache(output / "cache" / f"{key}.parquet", GUARD_COLUMNS, info, args.recompute)
-        scorer = guard_scorer(args.guard, args.guard_kind, args.batch_size, revision=args.guard_revision,
-                              dtype=args.dtype, device=args.device, max_length=args.max_length)
-        for name, ds in datasets.items():
-            scores = cached_scores(cache, scorer, ds, name)
-            labels = np.asarray(ds["label"])
-            with M.collect_warnings(warnings_seen, f"{name}/guard"):
-                per_method[name] = {"guard": M.classification_metrics(labels, scores["unsafe_score"], args.threshold)}
-            throughput[name] = {"guard": _throughput(len(ds), scores["seconds"].sum())}
-            curves["pr"][name] = {"guard": (*M.pr_curve(labels, scores["unsafe_score"]), per_method[name]["guard"]["auprc"])}
-            frames[name] = pd.DataFrame({"benchmark": name, "id": ds["id"], "label": labels, "level": ds["level"],
-                                         "unsafe_score": scores["unsafe_score"], "seconds": scores["seconds"]})
-        models = {"guard": info}
-        metrics = [m for m in M.METRICS if m not in ("large_usage", "routing_f1")]
-        scored = {"guard": cache.scored}
+        models, metrics, scored = _evaluate_guard(args, datasets, run)
     else:
-        config = AutoConfig.from_pretrained(resolve(args.model), trust_remote_code=True)
-        router_threshold = config.router_threshold if args.router_threshold is None else args.router_threshold
-        large_name, large_kind, large_kwargs, large_batch = _large_guard_reference(args, config)
-        s_key, s_info = model_key("saferoute", args.model, "saferoute", max_length=getattr(config, "max_input_length", None))
-        l_key, l_info = model_key("large", large_name, large_kind, revision=large_kwargs["revision"], dtype=large_kwargs["dtype"],
-                                  **{k: v for k, v in large_kwargs.items() if k not in ("revision", "dtype", "device", "batch_size")})
-        s_cache = ScoreCache(output / "cache" / f"{s_key}.parquet", STUDENT_COLUMNS, s_info, args.recompute)
-        l_cache = ScoreCache(output / "cache" / f"{l_key}.parquet", GUARD_COLUMNS, l_info, args.recompute)
-        s_scorer = student_scorer(args.model, args.batch_size, args.device)
-        l_scorer = guard_scorer(large_name, large_kind, large_batch, **large_kwargs)
-        temperature, validation = 1.0, None
-        if args.validation != "none":
-            val = _validation_split(args)
-            v = cached_scores(s_cache, s_scorer, val, VALIDATION)
-            with M.collect_warnings(warnings_seen, "validation/temperature"):
-                temperature = M.fit_temperature(val["label"], v["student_unsafe_score"])
-            validation = {"labels": np.asarray(val["label"]), "router": v["router_score"].to_numpy()}
-        settings.update(router_threshold=router_threshold, entropy_threshold=args.entropy_threshold,
-                        entropy_unit=M.ENTROPY_UNIT, temperature=temperature, random_seeds=args.random_seeds,
-                        validation=args.validation if validation is not None else None,
-                        validation_examples=len(validation["labels"]) if validation is not None else 0)
-        for name, ds in datasets.items():
-            s = cached_scores(s_cache, s_scorer, ds, name)
-            lg = cached_scores(l_cache, l_scorer, ds, name)
-            labels = np.asarray(ds["label"])
-            student, router, large = (s["student_unsafe_score"].to_numpy(), s["router_score"].to_numpy(),
-                                      lg["unsafe_score"].to_numpy())
-            results = M.evaluate_methods(labels, student, router, large, router_threshold, args.threshold,
-                                         args.entropy_threshold, temperature, args.random_seeds,
-                                         sink=warnings_seen, where=f"{name}/")
-            per_method[name] = results
-            routed = router > router_threshold
-            throughput[name] = {
-                "student": _throughput(len(ds), s["seconds"].sum()),
-                "large_guard": _throughput(len(ds), lg["seconds"].sum()),
-                "saferoute": _throughput(len(ds), s["seconds"].sum() + lg["seconds"][routed].sum()),
-            }
-            curves["pr"][name] = {
-                method: (*M.pr_curve(labels, sc), results[method]["auprc"])
-                for method, sc in (("student", student), ("large", large),
-                                   ("saferoute", M.routed_scores(student, large, routed)))
-            }
-            curves["sweeps"][name] = M.usage_sweeps(labels, student, router, large, args.threshold, temperature,
-                                                    args.random_seeds)
-            curves["points"][name] = {m: (results[m]["large_usage"], results[m]["f1"])
-                                      for m in ("student", "large", "saferoute", "oracle")}
-            frames[name] = pd.DataFrame({
-                "benchmark": name, "id": ds["id"], "label": labels, "level": ds["level"],
-                "student_unsafe_score": student, "router_score": router, "large_unsafe_score": large,
-                "student_seconds": s["seconds"], "large_seconds": lg["seconds"],
-            })
-        models = {"saferoute": s_info, "large_guard": l_info}
-        metrics = list(M.METRICS)
-        scored = {"student": s_cache.scored, "large_guard": l_cache.scored}
-        if len(datasets) > 1:
-            curves["sweeps"]["average"] = {
-                method: {"usage": np.mean([curves["sweeps"][n][method]["usage"] for n in names], axis=0).tolist(),
-                         "f1": np.mean([curves["sweeps"][n][method]["f1"] for n in names], axis=0).tolist()}
-                for method in curves["sweeps"][names[0]]
-            }
-            curves["points"]["average"] = {
-                m: tuple(np.mean([curves["points"][n][m] for n in names], axis=0).tolist()) for m in curves["points"][names[0]]
-            }
+        models, metrics, scored, validation = _evaluate_saferoute(args, datasets, run, settings)
+    methods = list(next(iter(run.per_method.values())))
     report = {
         "mode": "guard" if args.guard else "saferoute",
         "models": models,
         "settings": settings,
         "metrics": metrics,
         "benchmarks": {
-            name: {"n": len(ds), "positives": int(sum(ds["label"])), "methods": per_method[name], "throughput": throughput[name]}
+            name: {"n": len(ds), "positives": int(sum(ds["label"])), "methods": run.per_method[name], "throughput": run.throughput[name]}
             for name, ds in datasets.items()
         },
-        "average": {"methods": _average(per_method, metrics), "throughput": _average_throughput(throughput)},
+        "average": {"methods": _average(run.per_method, metrics), "throughput": _average_throughput(run.throughput)},
+        "titles": report_titles(names, methods),
         "scored_this_run": scored,
-        "warnings": warnings_seen,
+        "warnings": run.warnings,
     }
     if args.large_budget is not None:
-        with M.collect_warnings(warnings_seen, "budget"):
-            report["budget"] = _budget(args.large_budget, validation, frames, args.threshold)
-    _write_outputs(output, report, pd.concat(frames.values(), ignore_index=True), curves, args.plots)
+        with M.collect_warnings(run.warnings, "budget"):
+            report["budget"] = _budget(args.large_budget, validation, run.frames, args.threshold)
+    _write_outputs(output, report, pd.concat(run.frames.values(), ignore_index=True), run.curves, args.plots)
+    if args.model and args.model_card and (Path(args.model) / "config.json").is_file():
+        from model_cards import render_model_card
+
+        render_model_card(args.model, report=report).save(Path(args.model) / "README.md")
     return report
 
 
@@ -416,7 +367,7 @@ def main(argv=None):
     args = parse_args([EvaluateArguments], argv, section="evaluate")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     report = run_evaluation(args)
-    print(f"Wrote {Path(args.output) / 'report.md'} (averages over {len(report['benchmarks'])} benchmarks):")
+    print(f"Wrote {Path(args.output_dir) / 'report.md'} (averages over {len(report['benchmarks'])} benchmarks):")
     print(summary(report))
 
 

@@ -16,15 +16,15 @@ from modeling_saferoute import SafeRouteConfig, SafeRouteForSequenceClassificati
 from modeling_saferoute.modeling_saferoute import input_length_limit
 from modeling_saferoute.inputs import encode_pairs, length_sorted_batches, normalize_input
 
-from .config import parse_args
+from saferoute.config import parse_args
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass
 class ExportArguments:
-    model: str = field(default="outputs/saferoute-guard", metadata={"help": "SafeRoute model folder."})
-    output: Optional[str] = field(default=None, metadata={"help": "Output folder (default MODEL/onnx)."})
+    model: str = field(default="{output_root}/saferoute-guard", metadata={"help": "SafeRoute model folder."})
+    output_dir: Optional[str] = field(default=None, metadata={"help": "Output folder (default MODEL/onnx)."})
     int8: bool = field(default=True, metadata={"help": "Also write the int8 dynamically quantized model_int8.onnx."})
 
 
@@ -101,7 +101,7 @@ class OnnxSafeRoute:
 
 def main(argv=None):
     args = parse_args([ExportArguments], argv, section="export")
-    for path in export_onnx(args.model, args.output, args.int8):
+    for path in export_onnx(args.model, args.output_dir, args.int8):
         print(f"Wrote {path}")
 
 

@@ -1,0 +1,2 @@
+"""Evaluation: metrics, the registry of routing methods, score caches, reports and plots, and
+`saferoute evaluate`."""
