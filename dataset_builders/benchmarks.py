@@ -16,9 +16,10 @@ files of `$SAFEROUTE_DATA_DIR/raw/`). `subsample` draws a seeded, label-stratifi
 
 from typing import NamedTuple
 
-from datasets import ClassLabel, load_dataset
+from datasets import load_dataset
 
 from .schema import FEATURES, data_dir, make_id
+from .splits import stratified_sample
 
 
 class Benchmark(NamedTuple):
@@ -183,17 +184,9 @@ def load_benchmark(name, source="offline"):
 
 def subsample(dataset, max_per_benchmark=None, seed=0):
     """At most `max_per_benchmark` rows, stratified on `label` and seeded; the dataset itself if smaller."""
-    if max_per_benchmark is None or len(dataset) <= max_per_benchmark:
-        return dataset
-    if max_per_benchmark < 1:
+    if max_per_benchmark is not None and max_per_benchmark < 1:
         raise ValueError(f"max_per_benchmark must be >= 1, got {max_per_benchmark}.")
-    labels = dataset["label"]
-    counts = [labels.count(v) for v in set(labels)]
-    if len(counts) < 2 or min(counts) < 2 or max_per_benchmark < len(counts):
-        return dataset.shuffle(seed=seed).select(range(max_per_benchmark))  # too few rows to stratify
-    ds = dataset.cast_column("label", ClassLabel(num_classes=2))
-    picked = ds.train_test_split(test_size=max_per_benchmark, seed=seed, stratify_by_column="label")["test"]
-    return picked.cast(FEATURES)
+    return stratified_sample(dataset, max_per_benchmark, ("label",), seed)
 
 
 def load_benchmarks(names="all", source="offline", max_per_benchmark=None, seed=0):

@@ -1,22 +1,37 @@
 """The labeled seed pool: `$SAFEROUTE_DATA_DIR/train/*.jsonl` offline, or allenai/wildguardmix
-`wildguardtrain` from the Hub when online, in the schema of `schema.py`."""
+`wildguardtrain` from the Hub when online, in the schema of `schema.py`.
+
+| pool | files | rows |
+| --- | --- | --- |
+| offline | the base and the extended files | 35,412 |
+| offline-base | toxicchat_train, beavertails, saferlhf, advbench (the pool of earlier runs) | 8,179 |
+| offline-extended | the eight `x_*` files (see `$SAFEROUTE_DATA_DIR/raw/x_*/SOURCE.txt`) | 27,233 |
+| wildguardmix | allenai/wildguardmix `wildguardtrain` (Hub, online) | 86,759 |
+
+The sources mean different things by "harmful" (HateCheck: hateful statements; ConvAbuse: abuse of
+the chatbot; HarmfulQA: often mild questions): the recipes choose their mix per role
+(`roles.mixed_sample`), and the cards report the rows per source.
+"""
 
 from datasets import Dataset, concatenate_datasets, load_dataset
 
 from .schema import FEATURES, data_dir, make_id
 
-OFFLINE_FILES = ("toxicchat_train", "beavertails", "saferlhf", "advbench")
+BASE_FILES = ("toxicchat_train", "beavertails", "saferlhf", "advbench")
+EXTENDED_FILES = ("x_wildguardtrain_subset", "x_gptfuzz", "x_safety_tuned_llamas", "x_hatecheck", "x_coconot", "x_convabuse",
+                  "x_harmfulqa", "x_oktest")
+OFFLINE_POOLS = {"offline": BASE_FILES + EXTENDED_FILES, "offline-base": BASE_FILES, "offline-extended": EXTENDED_FILES}
 WILDGUARDMIX_TRAIN = ("allenai/wildguardmix", "wildguardtrain")
 
 
-def load_offline_seed_pool(names=OFFLINE_FILES) -> Dataset:
-    """The offline seed pool (8,179 rows in four files)."""
+def load_offline_seed_pool(names=BASE_FILES + EXTENDED_FILES) -> Dataset:
+    """The rows of the offline seed-pool files `names` (`$SAFEROUTE_DATA_DIR/train/<name>.jsonl`)."""
     root = data_dir() / "train"
     parts = []
     for name in names:
         path = root / f"{name}.jsonl"
         if not path.exists():
-            raise FileNotFoundError(f"Seed pool file {path} is missing (known: {list(OFFLINE_FILES)}).")
+            raise FileNotFoundError(f"Seed pool file {path} is missing (known: {list(BASE_FILES + EXTENDED_FILES)}).")
         parts.append(load_dataset("json", data_files=str(path), split="train", features=FEATURES))
     return concatenate_datasets(parts)
 
@@ -49,21 +64,14 @@ def wildguardmix_to_schema(dataset: Dataset) -> Dataset:
 
 
 def load_seed_pool(name: str = "offline") -> Dataset:
-    """`offline` (the bundled pool), `wildguardmix` (Hub, online) or a local JSONL/parquet file in the schema."""
-    if name == "offline":
-        return load_offline_seed_pool()
+    """A pool of `OFFLINE_POOLS` ("offline", "offline-base", "offline-extended"), `wildguardmix`
+    (Hub, online) or a local JSONL/parquet file in the schema."""
+    if name in OFFLINE_POOLS:
+        return load_offline_seed_pool(OFFLINE_POOLS[name])
     if name == "wildguardmix":
         repo, config = WILDGUARDMIX_TRAIN
         return wildguardmix_to_schema(load_dataset(repo, config, split="train"))
     suffix = name.rsplit(".", 1)[-1]
     if suffix in ("jsonl", "json", "parquet"):
         return load_dataset("parquet" if suffix == "parquet" else "json", data_files=name, split="train", features=FEATURES)
-    raise ValueError(f"Unknown seed pool {name!r}: use 'offline', 'wildguardmix' or a .jsonl/.parquet file.")
-
-
-def stratified_split(dataset: Dataset, test_size=0.1, seed=0):
-    """A seeded split stratified on `label` (and `level`): returns (train, validation)."""
-    strata = [f"{lab}-{lev}" for lab, lev in zip(dataset["label"], dataset["level"])]
-    ds = dataset.add_column("_stratum", strata).class_encode_column("_stratum")
-    split = ds.train_test_split(test_size=test_size, seed=seed, stratify_by_column="_stratum")
-    return split["train"].remove_columns("_stratum"), split["test"].remove_columns("_stratum")
+    raise ValueError(f"Unknown seed pool {name!r}: use one of {list(OFFLINE_POOLS)}, 'wildguardmix' or a .jsonl/.parquet file.")

@@ -30,8 +30,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 from transformers import AutoConfig, pipeline
 
-from dataset_builders.benchmarks import BENCHMARKS, SOURCES, load_benchmarks, parse_benchmark_names, subsample
-from dataset_builders.seed_pool import load_seed_pool, stratified_split
+from dataset_builders.benchmarks import BENCHMARKS, SOURCES, load_benchmarks, parse_benchmark_names
+from dataset_builders.roles import RoleTable, mixed_sample
+from dataset_builders.seed_pool import load_seed_pool
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.guards import GUARD_KINDS, load_guard
 from saferoute.config import parse_args
@@ -65,8 +66,10 @@ class EvaluateArguments:
     router_threshold: Optional[float] = field(default=None, metadata={"help": "Router threshold of the SafeRoute method (default: the model's)."})
     entropy_threshold: float = field(default=0.5, metadata={"help": "Entropy baselines route when the student's binary entropy (bits, as in SafeRoute's code) is above this."})
     random_seeds: int = field(default=5, metadata={"help": "Seeds of the random-routing baselines."})
-    validation: str = field(default="offline", metadata={"help": "Seed pool whose 10% stratified split (seed 0) fits the temperature and the budget threshold: 'offline', 'wildguardmix', a file, or 'none'."})
-    max_validation: Optional[int] = field(default=None, metadata={"help": "Stratified subsample of the validation split."})
+    validation: str = field(default="roles", metadata={"help": "Rows that fit the temperature and the budget threshold: 'roles' (the validation rows of --roles, never trained on), a .jsonl/.parquet file, or 'none'."})
+    roles: str = field(default="{output_root}/roles", metadata={"help": "The role split whose validation rows --validation roles reads."})
+    seed_pool: str = field(default="offline", metadata={"help": "The pool the role split was made from."})
+    max_validation: Optional[int] = field(default=None, metadata={"help": "At most this many validation rows (stratified per source)."})
     large_budget: Optional[float] = field(default=None, metadata={"help": "Report the router threshold keeping large-model usage <= this share on the validation split, and its F1."})
     batch_size: int = field(default=32, metadata={"help": "Batch size of the student and of the guards (unless the model's config sets one)."})
     device: Optional[str] = field(default=None, metadata={"help": "Device (default: cuda when available, else cpu)."})
@@ -171,8 +174,11 @@ def _large_guard_reference(args, config):
 
 
 def _validation_split(args):
-    pool = load_seed_pool(args.validation)
-    return subsample(stratified_split(pool, test_size=0.1, seed=0)[1], args.max_validation, args.seed)
+    if args.validation == "roles":
+        rows = RoleTable(args.roles).rows(load_seed_pool(args.seed_pool), "validation")
+    else:
+        rows = load_seed_pool(args.validation)
+    return mixed_sample(rows, args.max_validation, None, args.seed)
 
 
 def _write_outputs(output, report, scores, curves, plots):

@@ -112,7 +112,10 @@ def _size_category(n):
 
 def render_dataset_card(stats, repo_id="harmaug-corpus", data_files="data/train-*.parquet"):
     """The README.md of a HarmAug corpus folder (a Hub dataset repo), from the builder's stats;
-    `data_files` is the pattern of its parquet shards (the `configs` entry `load_dataset` reads)."""
+    `data_files` is the pattern of its parquet shards, or {split: pattern} (the `configs` entry
+    `load_dataset` reads)."""
+    if isinstance(data_files, str):
+        data_files = {"train": data_files}
     from huggingface_hub import DatasetCard, DatasetCardData
 
     card_data = DatasetCardData(
@@ -122,7 +125,7 @@ def render_dataset_card(stats, repo_id="harmaug-corpus", data_files="data/train-
         size_categories=[_size_category(stats.get("num_rows", 0))],
         tags=["safety", "guard", "harmaug", "synthetic", "not-for-all-audiences"],
         pretty_name="HarmAug corpus",
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": data_files}]}],
+        configs=[{"config_name": "default", "data_files": [{"split": split, "path": path} for split, path in data_files.items()]}],
     )
     return DatasetCard.from_template(
         card_data, template_path=str(TEMPLATES / "dataset_card.md"), pretty_name="HarmAug corpus",

@@ -4,6 +4,7 @@ import importlib
 import sys
 
 COMMANDS = {
+    "roles": ("dataset_builders.roles", "Split the labeled pool once into the teacher's, the router's, the validation and the student's rows."),
     "train-guard": ("training.train_guard", "Train a large guard (teacher): Llama-Guard-format LLM (TRL SFT + LoRA) or encoder classifier."),
     "build-corpus": ("dataset_builders.harmaug.build", "Build the HarmAug corpus: generate, filter, respond, label with the teacher, write."),
     "distill": ("training.distill", "HarmAug knowledge distillation of the teacher into the student."),

@@ -1,6 +1,6 @@
 """`saferoute quickstart`: the whole chain on the bundled offline models, resumable.
 
-train-guard -> build-corpus -> distill -> train-router (writes the packaged model) -> evaluate
+roles -> train-guard -> build-corpus -> distill -> train-router (writes the packaged model) -> evaluate
 (writes the report and the model card). Every stage is its own command, reading its section of
 the recipe, and skips work that is already complete, so a second run with nothing changed
 finishes in about a minute.
@@ -19,6 +19,7 @@ RECIPES = Path(__file__).resolve().parent / "recipes"
 PROFILES = {"default": "cpu-offline.yaml", "smoke": "cpu-smoke.yaml"}
 # (stage, module, recipe section, the arguments class the module defines)
 STAGES = (
+    ("roles", "dataset_builders.roles", "roles", "RolesArguments"),
     ("train-guard", "training.train_guard", "train_guard", "TrainGuardConfig"),
     ("build-corpus", "dataset_builders.harmaug.build", "build_corpus", "BuildCorpusArguments"),
     ("distill", "training.distill", "distill", "DistillConfig"),

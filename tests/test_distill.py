@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from datasets import Dataset, load_dataset
+from datasets import load_dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from tiny_corpus import build_tiny_corpus
+from dataset_builders.roles import RoleTable
+from tiny_corpus import build_tiny_corpus, tiny_paths
 from training.sampling import BalancedLengthGroupedSampler
 from training.distill import (
     DistillConfig,
@@ -20,7 +21,6 @@ from training.distill import (
     prepare,
 )
 from saferoute.config import parse_args
-from training.guard_data import guard_training_ids, write_training_ids
 
 # lr 3e-3 at batch 32: the loss falls for every seed tried (0-4); 1e-2 at batch 16 stalled for some
 FAST = ["--max_steps", "60", "--learning_rate", "3e-3", "--warmup_steps", "0", "--per_device_train_batch_size", "32",
@@ -33,7 +33,11 @@ def corpus_dir(tmp_path_factory):
 
 
 def config(*argv):
-    return parse_args([DistillConfig], list(argv), section="distill")
+    """Distill settings; the role split of a tiny corpus comes with it."""
+    argv = list(argv)
+    if "--corpus" in argv and "--roles" not in argv:
+        argv += ["--roles", tiny_paths(argv[argv.index("--corpus") + 1])[1]]
+    return parse_args([DistillConfig], argv, section="distill")
 
 
 def unsafe_probs(folder, rows):
@@ -78,46 +82,57 @@ def test_ablations_share_the_budget_and_differ_in_rows(corpus_dir):
         "human": config("--corpus", str(corpus_dir), "--labels", "human", "--per_device_train_batch_size", "32"),
     }
     plans = {k: prepare(v) for k, v in runs.items()}
-    steps = {k: p[2] for k, p in plans.items()}
-    # the budget of the full run, whatever the ablation: 3 epochs of (96 - 20 held-out seed + 48 synthetic) * 0.9 rows
-    assert steps["full"] == steps["no_aug"] == steps["human"] == 3 * math.ceil(round(124 * 0.9) / 32)
     corpus = load_corpus(str(corpus_dir))
     by_id = {r["id"]: r for r in corpus}
-    holdout = set(plans["full"][0])
-    assert plans["full"][0] == plans["human"][0] and len(holdout) == math.ceil(96 * 0.2)
-    assert all(by_id[i]["origin"] == "seed" for i in holdout)
-    assert sum(by_id[i]["human_label"] for i in holdout) in (9, 10)  # stratified: half unsafe
-    for name, (_, rows, _, train_idx, val_idx, teacher_unseen) in plans.items():
-        assert not teacher_unseen  # the tiny card's teacher records no training ids
-        assert not holdout & set(rows["id"])
-        assert sorted(train_idx + val_idx) == list(range(len(rows)))
-        origins = set(rows["origin"])
-        assert origins == ({"seed", "synthetic"} if name == "full" else {"seed"})
+    n_train = len(corpus)  # teacher + student rows (112 of 160) + 48 synthetic
+    assert n_train == 112 + 48
+    # the budget of the full run, whatever the ablation: 3 epochs of the corpus' train split
+    steps = {k: p[2] for k, p in plans.items()}
+    assert steps["full"] == steps["no_aug"] == steps["human"] == 3 * math.ceil(n_train / 32)
+    roles = RoleTable(tiny_paths(corpus_dir)[1])
+    for name, (rows, validation, _, _) in plans.items():
+        assert {roles.roles.get(i) for i, o in zip(rows["id"], rows["origin"]) if o == "seed"} <= {"teacher", "student"}
+        assert set(roles.role_of(validation["id"])) == {"validation"} and len(validation) == 16
+        assert not {roles.roles.get(i) for i in rows["id"]} & {"router", "validation"}
+        assert set(rows["origin"]) == ({"seed", "synthetic"} if name == "full" else {"seed"})
         key = "human_label" if name == "human" else "label"
         assert rows["target"] == [by_id[i][key] for i in rows["id"]]
+    # the epochs protocol: each arm runs its epochs over its own rows
+    epochs = {k: prepare(config(*a, "--step_budget", "epochs"))[2] for k, a in
+              {"full": ["--corpus", str(corpus_dir)], "human": ["--corpus", str(corpus_dir), "--labels", "human"]}.items()}
+    assert epochs["full"] == 3 * math.ceil(160 / 32) and epochs["human"] == 3 * math.ceil(112 / 32)
 
 
-def test_router_holdout_avoids_the_rows_the_teacher_trained_on(tmp_path):
-    teacher = tmp_path / "teacher"
-    teacher.mkdir()
-    corpus_dir = build_tiny_corpus(tmp_path / "corpus", teacher=str(teacher), teacher_kind="sequence_classification")
-    corpus = load_corpus(str(corpus_dir))
-    seed_ids = [r["id"] for r in corpus if r["origin"] == "seed"]
-    trained = seed_ids[: len(seed_ids) * 3 // 4]  # the teacher trained on 72 of the 96 seed rows
-    write_training_ids(teacher, "offline", Dataset.from_dict({"id": trained}), Dataset.from_dict({"id": seed_ids[-5:]}))
-    assert guard_training_ids(str(teacher)) == set(trained)
+def test_rows_outside_the_students_roles_are_refused(corpus_dir, tmp_path):
+    """A corpus holding a router row (never to be trained on) is refused, unless forced."""
+    pool, roles_dir = tiny_paths(corpus_dir)
+    roles = RoleTable(roles_dir)
+    router_id = next(i for i, r in roles.roles.items() if r == "router")
+    bad = tmp_path / "bad"
+    (bad / "data").mkdir(parents=True)
+    train = load_dataset(str(corpus_dir), split="train")
+    train = train.map(lambda r, k: {"id": router_id} if k == 0 else {}, with_indices=True)
+    train.to_parquet(str(bad / "data" / "train-00000-of-00001.parquet"))
+    load_dataset(str(corpus_dir), split="validation").to_parquet(str(bad / "data" / "validation-00000-of-00001.parquet"))
+    (bad / "README.md").write_text((corpus_dir / "README.md").read_text())
+    with pytest.raises(ValueError, match=rf"outside its roles.*{router_id}.*router.*--force"):
+        prepare(config("--corpus", str(bad), "--roles", roles_dir))
+    rows, *_ = prepare(config("--corpus", str(bad), "--roles", roles_dir, "--force_roles"))
+    assert router_id in rows["id"]
 
-    holdout, rows, _, _, _, teacher_unseen = prepare(config("--corpus", str(corpus_dir), "--router_holdout", "0.1"))
-    assert teacher_unseen and len(holdout) == math.ceil(96 * 0.1) and not set(holdout) & set(trained)
-    assert not set(holdout) & set(rows["id"])
-    # more wanted than the teacher left unseen: all 24 unseen rows
-    holdout, *_ = prepare(config("--corpus", str(corpus_dir), "--router_holdout", "0.5"))
-    assert sorted(holdout) == sorted(set(seed_ids) - set(trained))
+
+def test_a_corpus_without_validation_split_validates_on_a_share_of_train(corpus_dir, tmp_path):
+    only_train = tmp_path / "hub-corpus"
+    (only_train / "data").mkdir(parents=True)
+    load_dataset(str(corpus_dir), split="train").to_parquet(str(only_train / "data" / "train-00000-of-00001.parquet"))
+    (only_train / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*.parquet\n---\n")
+    rows, validation, steps, _ = prepare(config("--corpus", str(only_train), "--roles", tiny_paths(corpus_dir)[1]))
+    assert len(validation) == 16 and len(rows) == 160 - 16 and not set(rows["id"]) & set(validation["id"])
 
 
 def test_distill_kd_trains_and_writes_a_student(corpus_dir, tiny_student_dir, tmp_path):
     out = tmp_path / "student"
-    main(["--corpus", str(corpus_dir), "--student", str(tiny_student_dir), "--output_dir", str(out), *FAST])
+    main(["--corpus", str(corpus_dir), "--roles", tiny_paths(corpus_dir)[1], "--student", str(tiny_student_dir), "--output_dir", str(out), *FAST])
     info = json.loads((out / "training_info.json").read_text())
     losses = [h["loss"] for h in info["log_history"] if "loss" in h]
     assert sum(losses[:2]) / 2 > sum(losses[-2:]) / 2 + 0.05  # the loss falls
@@ -126,7 +141,8 @@ def test_distill_kd_trains_and_writes_a_student(corpus_dir, tiny_student_dir, tm
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training_info.json"]
     model = AutoModelForSequenceClassification.from_pretrained(out)
     assert model.config.id2label == {0: "safe", 1: "unsafe"}
-    rows = [r for r in load_dataset(str(corpus_dir), split="train") if r["id"] not in set(info["router_holdout"]["ids"])]
+    assert info["roles"]["fingerprint"] == RoleTable(tiny_paths(corpus_dir)[1]).fingerprint
+    rows = list(load_dataset(str(corpus_dir), split="train"))
     p = unsafe_probs(out, rows)
     target = torch.tensor([r["label"] for r in rows]).bool()
     assert p[target].mean() > p[~target].mean() + 0.05  # it learned the teacher's labels
@@ -150,6 +166,8 @@ def test_bad_inputs_are_named(corpus_dir, tmp_path):
     bad = tmp_path / "bad"
     (bad / "data").mkdir(parents=True)
     load_dataset(str(corpus_dir), split="train").remove_columns(["unsafe_score", "origin"]).to_parquet(str(bad / "data" / "train-0.parquet"))
+    with pytest.raises(ValueError, match="step-budget"):
+        config("--step_budget", "tokens")
     with pytest.raises(ValueError, match="unsafe_score"):
         load_corpus(str(bad))
     with pytest.raises(ValueError, match="neither"):

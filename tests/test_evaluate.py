@@ -16,9 +16,19 @@ from evaluation import metrics as M
 from evaluation.methods import METHODS, RoutingInputs, evaluate_methods, final_scores, routed_mask
 from saferoute.cli import main as cli
 from publishing.package import PackageArguments, package
+from tiny_corpus import tiny_pool_rows, write_pool
 
 BENCHMARKS = ["openai_moderation", "toxicchat", "harmbench", "wildguardmix_prompt", "wildguardmix_response", "xstest_response"]
 ARGS = ["--benchmarks", "all", "--max-per-benchmark", "50", "--max-validation", "60", "--large-budget", "0.2"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def validation_rows(tmp_path_factory):
+    """Labeled rows the tiny models never saw, for the temperature fit and the budget (`--validation FILE`)."""
+    path = write_pool(tmp_path_factory.mktemp("validation") / "validation.jsonl", tiny_pool_rows(120, seed=3))
+    ARGS.extend(["--validation", path])
+    yield path
+    del ARGS[-2:]
 
 
 def _boom(*args, **kwargs):
@@ -93,7 +103,7 @@ def test_other_large_guard_is_not_served_stale_scores(first_run, saferoute_dir, 
     out = tmp_path / "eval"
     shutil.copytree(first_run, out)
     monkeypatch.setattr(E, "pipeline", _boom)  # the student's scores are reused
-    report = E.evaluate_saferoute(saferoute_dir, benchmarks="toxicchat,harmbench", max_per_benchmark=50,
+    report = E.evaluate_saferoute(saferoute_dir, benchmarks="toxicchat,harmbench", max_per_benchmark=50, validation=ARGS[-1],
                                   max_validation=60, output_dir=str(out), large_guard=str(guard_dir),
                                   large_guard_kind="llama_guard", plots=False)
     assert report["scored_this_run"]["student"] == 0
@@ -219,7 +229,7 @@ def test_bad_arguments(saferoute_dir, tiny_student_dir, tmp_path):
         E.evaluate_guard(tiny_student_dir, "sequence_classification", large_budget=0.2)
     no_large = package(PackageArguments(student=str(tiny_student_dir), output_dir=str(tmp_path / "m"), model_card=False))
     with pytest.raises(ValueError, match="no large guard"):
-        E.evaluate_saferoute(no_large, benchmarks="harmbench", max_per_benchmark=5, output_dir=str(tmp_path / "e"))
+        E.evaluate_saferoute(no_large, benchmarks="harmbench", max_per_benchmark=5, output_dir=str(tmp_path / "e"), validation="none")
 
 
 # -- the metric helpers on hand-made examples ---------------------------------------------------------

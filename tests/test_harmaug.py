@@ -14,8 +14,10 @@ import pytest
 
 from dataset_builders.harmaug import filters, generate, label, respond
 from dataset_builders.harmaug.build import RESPOND_SCHEMA, BuildCorpusArguments, build, main
-from publishing.hub import push_folder
 from dataset_builders.harmaug.shards import ShardedStage, derive_seed
+from dataset_builders.roles import RoleTable
+from publishing.hub import push_folder
+from tiny_corpus import tiny_roles
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_ROWS = [
@@ -28,15 +30,22 @@ SEED_ROWS = [
 ]
 
 
+def pool_rows(copies=4):
+    """SEED_ROWS, each in `copies` variants (distinct ids and texts), in the schema."""
+    return [{"id": f"seed-{k:04x}{i:08x}", "prompt": prompt + " again" * k, "response": response, "label": lab, "level": level,
+             "source": "seed", "category": None}
+            for k in range(copies) for i, (prompt, response, lab, level) in enumerate(SEED_ROWS)]
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """A tiny seed pool and benchmark folder in the schema."""
+    """A tiny seed pool, its role split and a benchmark folder in the schema."""
     root = tmp_path_factory.mktemp("harmaug-data")
     (root / "eval").mkdir()
     with open(root / "seed.jsonl", "w") as f:
-        for i, (prompt, response, lab, level) in enumerate(SEED_ROWS):
-            f.write(json.dumps({"id": f"seed-{i:012x}", "prompt": prompt, "response": response, "label": lab,
-                                "level": level, "source": "seed", "category": None}) + "\n")
+        for row in pool_rows():
+            f.write(json.dumps(row) + "\n")
+    tiny_roles(root / "seed.jsonl", root / "roles", teacher=0.4, router=0.25, validation=0.15)
     with open(root / "eval" / "bench.jsonl", "w") as f:
         f.write(json.dumps({"id": "bench-0", "prompt": "What is the capital of France?", "response": None, "label": 0,
                             "level": "prompt", "source": "bench", "category": None}) + "\n")
@@ -45,7 +54,7 @@ def data(tmp_path_factory):
 
 def tiny_args(data, model, tmp, **overrides):
     values = dict(
-        output_dir=str(tmp / "corpus"), seed_pool=str(data / "seed.jsonl"), benchmarks=str(data / "eval"),
+        output_dir=str(tmp / "corpus"), seed_pool=str(data / "seed.jsonl"), roles=str(data / "roles"), benchmarks=str(data / "eval"),
         generator=str(model), teacher=str(model), num_requests=10, shard_size=3, batch_size=2, num_exemplars=2,
         max_new_tokens=12, min_new_tokens=12, response_max_new_tokens=8, min_words=1, label_shard_size=7,
     )
@@ -56,7 +65,7 @@ def tiny_args(data, model, tmp, **overrides):
 def argv_of(args):
     out = []
     for key, value in vars(args).items():
-        if value is None or value is False:
+        if value is None or value is False or value == {}:
             continue
         out += [f"--{key}"] if value is True else [f"--{key}", str(value)]
     return out
@@ -222,14 +231,19 @@ def test_build_writes_a_loadable_hub_dataset(data, tiny_llama_guard_dir, tiny_st
 
     args = tiny_args(data, tiny_llama_guard_dir, tmp_path)
     out = build(args)
-    ds = load_dataset(str(out), split="train")
+    splits = load_dataset(str(out))
+    ds = splits["train"]
     assert ds.column_names == ["id", "prompt", "response", "unsafe_score", "label", "human_label", "level", "source", "origin", "kind"]
     counts = json.loads((Path(args.work_dir) / "filter" / "counts.json").read_text())
     kept = counts["kept"]
-    assert kept > 0 and len(ds) == len(SEED_ROWS) + 3 * kept
+    roles = RoleTable(data / "roles")
+    taught = [r for r in pool_rows() if roles.roles[r["id"]] in ("teacher", "student")]
+    assert kept > 0 and len(ds) == len(taught) + 3 * kept
     assert len(set(ds["id"])) == len(ds)
     seeds = ds.filter(lambda r: r["origin"] == "seed")
-    assert seeds["human_label"] == [r[2] for r in SEED_ROWS] and set(seeds["kind"]) == {"seed"}
+    assert seeds["id"] == [r["id"] for r in taught] and seeds["human_label"] == [r["label"] for r in taught]
+    assert set(seeds["kind"]) == {"seed"}
+    assert splits["validation"]["id"] == [r["id"] for r in pool_rows() if roles.roles[r["id"]] == "validation"]
     synthetic = ds.filter(lambda r: r["origin"] == "synthetic")
     assert sorted(synthetic["kind"]) == sorted(["prompt_only", "compliant", "refusal"] * kept)
     assert all(h is None for h in synthetic["human_label"]) and set(synthetic["source"]) == {"harmaug"}
@@ -252,7 +266,7 @@ def test_build_writes_a_loadable_hub_dataset(data, tiny_llama_guard_dir, tiny_st
     assert "sequence_classification" in (out / "README.md").read_text()
     assert load_dataset(str(out), split="train")["unsafe_score"] == [r["unsafe_score"] for r in relabeled], \
         "load_dataset must not serve the previous corpus from its cache"
-    assert len(list((out / "data").glob("*.parquet"))) == 1
+    assert sorted(p.name.split("-")[0] for p in (out / "data").glob("*.parquet")) == ["train", "validation"]
 
 
 def test_decontamination_in_the_build(data, tiny_llama_guard_dir, tmp_path):
@@ -334,7 +348,7 @@ def test_torchrun_two_processes_split_the_shards(data, tiny_llama_guard_dir, tmp
 def test_cli_recipe_and_errors(data, tiny_llama_guard_dir, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"build_corpus:\n  num_requests: 4\n  shard_size: 2\n  stop_after: filter\n  generator: {tiny_llama_guard_dir}\n")
-    flags = ["--seed_pool", str(data / "seed.jsonl"), "--benchmarks", str(data / "eval"), "--output_dir", str(tmp_path / "c"),
+    flags = ["--seed_pool", str(data / "seed.jsonl"), "--roles", str(data / "roles"), "--benchmarks", str(data / "eval"), "--output_dir", str(tmp_path / "c"),
              "--min_words", "1", "--num_exemplars", "2", "--max_new_tokens", "6"]
     assert main(["--config", str(recipe), *flags]) == 0
     assert len(stage_rows(tmp_path / "c.work" / "generate")) == 4
@@ -344,7 +358,7 @@ def test_cli_recipe_and_errors(data, tiny_llama_guard_dir, tmp_path):
     with pytest.raises(ValueError, match="stop_after"):
         BuildCorpusArguments(stop_after="everything")
     with pytest.raises(ValueError, match="num_exemplars"):
-        main(["--config", str(recipe), *flags, "--num_exemplars", "9", "--work_dir", str(tmp_path / "w2")])
+        main(["--config", str(recipe), *flags, "--num_exemplars", "99", "--work_dir", str(tmp_path / "w2")])
     with pytest.raises(ImportError, match="pip install vllm"):
         main(["--config", str(recipe), *flags, "--backend", "vllm", "--work_dir", str(tmp_path / "w3")])
     assert not (tmp_path / "w3").exists(), "the missing optional backend is reported before any work"

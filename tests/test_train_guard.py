@@ -11,7 +11,9 @@ import torch
 from dataset_builders.schema import guard_items, make_id
 from modeling_saferoute.guards import load_guard
 from saferoute.config import parse_args
-from training.guard_data import guard_chat_template, guard_training_ids
+from dataset_builders.roles import RoleTable
+from tiny_corpus import tiny_roles
+from training.guard_template import guard_chat_template
 from training.sampling import BalancedLengthGroupedSampler
 from training.train_guard import TrainGuardConfig, encode_llama_guard_dataset, main, train_guard
 
@@ -42,6 +44,11 @@ def toy_pool(tmp_path_factory):
     path = tmp_path_factory.mktemp("pool") / "toy.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def toy_roles(toy_pool, tmp_path_factory):
+    return str(tiny_roles(toy_pool, tmp_path_factory.mktemp("roles") / "roles", teacher=0.6, router=0.15, validation=0.2))
 
 
 def _gap(guard, rows):
@@ -95,23 +102,22 @@ def test_guard_training_rows_are_the_adapter_render_plus_verdict(tiny_llama_guar
 def _args(tmp_path, **kw):
     base = dict(
         output_dir=str(tmp_path / "guard"), max_length=256, max_steps=60, learning_rate=3e-3,
-        per_device_train_batch_size=8, warmup_steps=0.0, logging_steps=50, val_size=0.2,
+        per_device_train_batch_size=8, warmup_steps=0.0, logging_steps=50,
     )
     return TrainGuardConfig(**{**base, **kw})
 
 
-def test_train_sequence_classification_guard(tmp_path, tiny_student_dir, toy_pool):
+def test_train_sequence_classification_guard(tmp_path, tiny_student_dir, toy_pool, toy_roles):
     rows = _rows()
     before = _gap(load_guard(str(tiny_student_dir), "sequence_classification"), rows)
-    args = _args(tmp_path, kind="sequence_classification", base_model=str(tiny_student_dir), seed_pool=toy_pool, max_length=64)
+    args = _args(tmp_path, kind="sequence_classification", base_model=str(tiny_student_dir), seed_pool=toy_pool, roles=toy_roles, max_length=64)
     out = train_guard(args)
     info = json.loads((out / "training_info.json").read_text())
     assert info["kind"] == "sequence_classification" and info["global_steps"] == 60
-    assert info["train_examples"] + info["val_examples"] == len(rows)
-    trained = guard_training_ids(str(out))  # the record later steps use to keep these rows from the router
-    recorded = json.loads((out / "training_ids.json").read_text())
-    assert len(trained) == info["train_examples"] and not trained & set(recorded["validation_ids"])
-    assert trained | set(recorded["validation_ids"]) == {r["id"] for r in rows}
+    roles = RoleTable(toy_roles)  # it trained on the teacher rows and validated on the validation rows
+    counts = {role: sum(roles.roles[r["id"]] == role for r in rows) for role in ("teacher", "validation")}
+    assert (info["train_examples"], info["val_examples"]) == (counts["teacher"], counts["validation"])
+    assert info["roles"]["fingerprint"] == roles.fingerprint and info["train_rows_per_source"] == {"toy": counts["teacher"]}
     guard = load_guard(str(out), "sequence_classification")
     after = _gap(guard, rows)
     assert after > before + 0.3, (before, after)
@@ -136,13 +142,13 @@ def scaled_llama_guard_dir(tmp_path, tiny_llama_guard_dir):
     return str(out)
 
 
-def test_train_llama_guard_merged_lora(tmp_path, scaled_llama_guard_dir, toy_pool):
+def test_train_llama_guard_merged_lora(tmp_path, scaled_llama_guard_dir, toy_pool, toy_roles):
     rows, base = _rows(), scaled_llama_guard_dir
     # a short guard template (a .jinja file) keeps the verdict within reach of a 2-layer random model
     template = tmp_path / "guard.jinja"
     template.write_text("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}S1: Violence. Verdict<|assistant|>")
     args = _args(
-        tmp_path, kind="llama_guard", base_model=base, seed_pool=toy_pool, max_content_tokens=40, lora_r=8, learning_rate=1e-2,
+        tmp_path, kind="llama_guard", base_model=base, seed_pool=toy_pool, roles=toy_roles, max_content_tokens=40, lora_r=8, learning_rate=1e-2,
         chat_template=str(template),
     )
     before_guard = load_guard(base, "llama_guard", max_content_tokens=40)

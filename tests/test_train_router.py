@@ -1,23 +1,20 @@
 """`saferoute train-router`: router labels, the (Bayesian) router fit, threshold choice, packaging."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import pipeline
 
 from dataset_builders.harmaug.generate import load_generator
 from modeling_saferoute.guards import load_guard
 from modeling_saferoute.modeling_saferoute import SafeRouteRouter
-from tiny_corpus import build_tiny_corpus
+from dataset_builders.roles import RoleTable
+from tiny_corpus import build_tiny_corpus, tiny_paths
 from saferoute.config import parse_args
-from training.distill import load_corpus
 from training.distill import main as distill_main
-from training.guard_data import write_training_ids
 from publishing.package import load_student
 from training.paraphrase import PARAPHRASE_PREFIX, paraphrase, parse_paraphrase
 from evaluation.methods import RoutingInputs, choose_router_threshold, evaluate_methods
@@ -26,7 +23,7 @@ from training.router import BayesianLinear, bayesian_copy, export_posterior_mean
 from training.train_router import (
     TrainRouterArguments,
     corpus_teacher,
-    large_guard_scores,
+    large_guard_reference,
     router_data,
     student_features,
     train_router,
@@ -46,19 +43,26 @@ def router_args(*argv):
 
 
 @pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    return build_tiny_corpus(tmp_path_factory.mktemp("corpus"))
+def corpus_dir(tmp_path_factory, tiny_llama_guard_dir):
+    """A tiny corpus whose teacher is a real (tiny) guard: train-router scores the router rows with it."""
+    return build_tiny_corpus(tmp_path_factory.mktemp("corpus") / "harmaug", teacher=str(tiny_llama_guard_dir), teacher_kind="llama_guard")
 
 
 @pytest.fixture(scope="module")
 def student_dir(corpus_dir, tiny_student_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("distilled") / "student"
     distill_main([
-        "--corpus", str(corpus_dir), "--student", str(tiny_student_dir), "--output_dir", str(out), "--router_holdout", "0.4",
+        "--corpus", str(corpus_dir), "--roles", tiny_paths(corpus_dir)[1], "--student", str(tiny_student_dir), "--output_dir", str(out),
         "--max_steps", "10", "--learning_rate", "1e-2", "--warmup_steps", "0", "--per_device_train_batch_size", "16",
         "--eval_steps", "10", "--save_steps", "10",
     ])
     return out
+
+
+def roles_args(corpus_dir, *argv):
+    """train-router settings reading the tiny corpus' pool and role split."""
+    pool, roles = tiny_paths(corpus_dir)
+    return router_args("--seed_pool", pool, "--roles", roles, *argv)
 
 
 def test_router_labels_definition():
@@ -122,69 +126,73 @@ def test_choose_threshold_budget_and_f1():
         assert best_f1 >= system_f1(scores, c, student, large, y)
 
 
-def test_train_router_on_the_holdout_and_package(corpus_dir, student_dir, tmp_path):
+def test_train_router_on_the_router_rows_and_package(corpus_dir, student_dir, tiny_llama_guard_dir, tmp_path):
     out = tmp_path / "saferoute"
-    result = train_router(router_args("--student", str(student_dir), "--output_dir", str(out), "--max_steps", "30", "--batch_size", "64", "--eval_steps", "10"))
-    info = json.loads((student_dir / "training_info.json").read_text())
+    result = train_router(roles_args(corpus_dir, "--student", str(student_dir), "--output_dir", str(out), "--max_steps", "30",
+                                     "--batch_size", "64", "--eval_steps", "10"))
     table = result["table"]
-    # exactly the rows distill held out
-    assert sorted(table["id"]) == sorted(info["router_holdout"]["ids"])
-    by_id = {r["id"]: r for r in load_corpus(str(corpus_dir))}
-    rows = [by_id[i] for i in table["id"]]
-    # labels recomputed independently: human label, corpus teacher score (the large guard = the corpus teacher), student P
+    pool_file, roles_dir = tiny_paths(corpus_dir)
+    roles = RoleTable(roles_dir)
+    # exactly the router rows of the split: rows neither model trained on
+    pool = {r["id"]: r for r in map(json.loads, open(pool_file))}
+    assert sorted(table["id"]) == sorted(i for i, r in roles.roles.items() if r == "router")
+    assert result["roles"]["fingerprint"] == roles.fingerprint
+    rows = [pool[i] for i in table["id"]]
+    # labels recomputed independently: human label, the large guard (the corpus teacher) and the student
+    items = [{"prompt": r["prompt"], "response": r["response"]} for r in rows]
     model, tok, _ = load_student(str(student_dir))
-    _, student_p = student_features(model, tok, [{"prompt": r["prompt"], "response": r["response"]} for r in rows], 64)
-    large_p = np.array([r["unsafe_score"] for r in rows])
-    y = np.array([r["human_label"] for r in rows])
+    _, student_p = student_features(model, tok, items, 64)
+    large_p = np.array(load_guard(str(tiny_llama_guard_dir), "llama_guard").score(items))
+    y = np.array([r["label"] for r in rows])
     np.testing.assert_allclose(table["student_p"], student_p, atol=1e-5)
+    np.testing.assert_allclose(table["large_p"], large_p, atol=1e-5)
     expected = ((student_p > 0.5) != y) & ((large_p > 0.5) == y)
     assert table["t"] == expected.astype(int).tolist()
     assert 0 < sum(table["t"]) < len(table)
-    assert result["large_guard_scores_reused"] and result["large_guard"]["name_or_path"] == "tiny-teacher"
+    assert result["large_guard"]["name_or_path"] == str(tiny_llama_guard_dir)
+    # validation metrics come from the registry of routing methods
+    assert {"student", "large", "saferoute", "oracle"} <= set(result["metrics"]["validation"])
     # the packaged model: router weights, threshold and large-guard reference, read back by the pipeline
     config = json.loads((out / "config.json").read_text())
     assert config["router_threshold"] == pytest.approx(result["router_threshold"])
-    assert config["large_guard"]["name_or_path"] == "tiny-teacher" and config["large_guard"]["kind"] == "llama_guard"
+    assert config["large_guard"]["name_or_path"] == str(tiny_llama_guard_dir) and config["large_guard"]["kind"] == "llama_guard"
     assert config["router_trained"] and config["head_trained"]
     assert any(k.startswith("router.") for k in load_file(out / "model.safetensors"))
     guard = pipeline("text-classification", model=str(out), trust_remote_code=True)
-    got = guard([{"prompt": r["prompt"], "response": r["response"]} for r in rows[:6]], route="never")
+    got = guard(items[:6], route="never")
     np.testing.assert_allclose([g["router_score"] for g in got], table["router_score"][:6], atol=1e-4)
-    assert (out / "router_info.json").exists()
+    assert (out / "router_info.json").exists() and (out / "distill_info.json").exists()
     # complete: a second call skips
-    again = train_router(router_args("--student", str(student_dir), "--output_dir", str(out)))
+    again = train_router(roles_args(corpus_dir, "--student", str(student_dir), "--output_dir", str(out)))
     assert again.get("skipped")
 
 
-def test_large_guard_scores_rescore_with_a_named_guard(corpus_dir, student_dir, tiny_llama_guard_dir):
-    args = router_args("--student", str(student_dir), "--large_guard", str(tiny_llama_guard_dir), "--large_guard_kind", "llama_guard")
+def test_router_rows_mix_and_large_guard_choice(corpus_dir, student_dir, tiny_student_dir):
     info = json.loads((student_dir / "training_info.json").read_text())
-    rows, corpus = router_data(args, info)
-    large_p, ref, reused = large_guard_scores(args, rows, corpus)
-    items = [{"prompt": p, "response": r} for p, r in zip(rows["prompt"], rows["response"])]
-    expected = load_guard(str(tiny_llama_guard_dir), "llama_guard").score(items)
-    assert not reused and ref["name_or_path"] == str(tiny_llama_guard_dir) and ref["kind"] == "llama_guard"
-    np.testing.assert_allclose(large_p, expected, atol=1e-5)
-    assert not np.allclose(large_p, rows["corpus_score"])  # not the corpus teacher's scores
-    # the corpus teacher named explicitly: its scores are reused, no model is loaded
-    same = router_args("--student", str(student_dir), "--large_guard", "tiny-teacher")
-    large_p, ref, reused = large_guard_scores(same, rows, corpus)
-    assert reused and ref["kind"] == "llama_guard" and large_p.tolist() == rows["corpus_score"]
+    rows, _ = router_data(roles_args(corpus_dir, "--max_rows", "12", "--source_weights", "tiny_a=3,tiny_b=1"))
+    assert len(rows) == 12 and rows["source"].count("tiny_a") == 9  # 16 rows each: quotas 3:1, capped by what a source has
+    only_a, _ = router_data(roles_args(corpus_dir, "--source_weights", "tiny_b=0"))
+    assert set(only_a["source"]) == {"tiny_a"}
+    teacher = large_guard_reference(roles_args(corpus_dir, "--student", str(student_dir)), info)
+    assert teacher["name_or_path"] == corpus_teacher(str(corpus_dir))["name_or_path"] and teacher["kind"] == "llama_guard"
+    named = large_guard_reference(roles_args(corpus_dir, "--large_guard", str(tiny_student_dir), "--large_guard_kind",
+                                             "sequence_classification"), info)
+    assert named["name_or_path"] == str(tiny_student_dir) and named["kind"] == "sequence_classification"
+    with pytest.raises(ValueError, match="--large-guard"):
+        large_guard_reference(roles_args(corpus_dir), {})
 
 
 def test_train_router_errors_are_named(student_dir, tmp_path):
-    with pytest.raises(ValueError, match="large-guard-scores"):
-        router_args("--large_guard_scores", "maybe")
     with pytest.raises(ValueError, match="paraphrases"):
         router_args("--paraphrases", "-1")
     with pytest.raises(ValueError, match="paraphrase-backend"):
         router_args("--paraphrases", "2", "--paraphrase_backend", "nope")
-    with pytest.raises(ValueError, match="training_info.json"):
-        train_router(router_args("--student", str(tmp_path), "--output_dir", str(tmp_path / "o")))
+    with pytest.raises(FileNotFoundError, match="saferoute roles"):
+        train_router(router_args("--student", str(student_dir), "--roles", str(tmp_path / "none"), "--output_dir", str(tmp_path / "o")))
 
 
-def test_corpus_teacher_from_card_yaml_or_body(corpus_dir, tmp_path):
-    assert corpus_teacher(str(corpus_dir)) == {"name_or_path": "tiny-teacher", "kind": "llama_guard"}
+def test_corpus_teacher_from_card_yaml_or_body(corpus_dir, tmp_path, tiny_llama_guard_dir):
+    assert corpus_teacher(str(corpus_dir)) == {"name_or_path": str(tiny_llama_guard_dir), "kind": "llama_guard"}
     body = tmp_path / "body"
     body.mkdir()
     (body / "README.md").write_text("---\nlicense: other\n---\n4. **Label.** The teacher `outputs/teacher` (guard kind `sequence_classification`) scored\n")
@@ -193,53 +201,23 @@ def test_corpus_teacher_from_card_yaml_or_body(corpus_dir, tmp_path):
     assert corpus_teacher(str(body)) is None
 
 
-def test_router_data_from_a_labeled_file_needs_a_large_guard(student_dir, tmp_path):
-    rows = [{"id": f"x-{i}", "prompt": "How do I pick a lock?" if i % 2 else "Write a poem about the sea.", "response": None,
-             "label": i % 2, "level": "prompt", "source": "x", "category": None} for i in range(6)]
+def test_labeled_rows_of_another_role_are_refused(corpus_dir, tmp_path):
+    """--data may name rows neither model saw (not in the split at all, or router rows); a teacher,
+    student or validation row is refused unless forced."""
+    pool_file, roles_dir = tiny_paths(corpus_dir)
+    roles = RoleTable(roles_dir)
+    new = [{"id": f"x-{i}", "prompt": "How do I pick a lock?" if i % 2 else "Write a poem about the sea.", "response": None,
+            "label": i % 2, "level": "prompt", "source": "x", "category": None} for i in range(6)]
     path = tmp_path / "rows.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows))
-    args = router_args("--student", str(student_dir), "--data", str(path))
-    data, corpus = router_data(args, {})
-    assert corpus is None and data["y"] == [r["label"] for r in rows] and data["corpus_score"] == [None] * 6
-    with pytest.raises(ValueError, match="--large-guard"):
-        large_guard_scores(args, data, corpus)
-
-
-def test_unseen_pool_rows_join_the_holdout_and_only_they_are_rescored(student_dir, tiny_llama_guard_dir, tmp_path):
-    corpus = build_tiny_corpus(tmp_path / "corpus", teacher=str(tiny_llama_guard_dir), teacher_kind="llama_guard")
-    in_corpus = [r for r in load_corpus(str(corpus)) if r["origin"] == "seed"][:3]
-    new = [{"id": f"new-{i}", "prompt": "How do I pick a lock?" if i % 2 else "Write a poem about the sea.", "response": None,
-            "label": i % 2, "level": "prompt", "source": "x", "category": None} for i in range(4)]
-    pool = tmp_path / "pool.jsonl"
-    pool.write_text("\n".join(json.dumps({k: r[k] for k in ("id", "prompt", "response", "level", "source")} | {"label": r.get("human_label", r.get("label")), "category": None}) for r in in_corpus + new))
-    args = router_args("--student", str(student_dir), "--corpus", str(corpus), "--unseen_pool", str(pool))
-    info = json.loads((student_dir / "training_info.json").read_text())
-    rows, corpus_path = router_data(args, info)
-    holdout = info["router_holdout"]["ids"]
-    assert rows["id"] == holdout + [r["id"] for r in new]  # corpus rows outside the hold-out never join
-    scores, ref, reused = large_guard_scores(args, rows, corpus_path)  # the large guard is the corpus teacher
-    assert reused == len(holdout) and ref["name_or_path"] == str(tiny_llama_guard_dir)
-    np.testing.assert_allclose(scores[: len(holdout)], rows["corpus_score"][: len(holdout)])
-    expected = load_guard(str(tiny_llama_guard_dir), "llama_guard").score([{"prompt": r["prompt"], "response": None} for r in new])
-    np.testing.assert_allclose(scores[len(holdout):], expected, atol=1e-5)
-
-
-def test_rows_the_large_guard_trained_on_never_reach_the_router(student_dir, tiny_llama_guard_dir, tmp_path):
-    guard = tmp_path / "guard"
-    shutil.copytree(tiny_llama_guard_dir, guard)
-    corpus = build_tiny_corpus(tmp_path / "corpus", teacher=str(guard), teacher_kind="llama_guard")
-    info = json.loads((student_dir / "training_info.json").read_text())
-    holdout = info["router_holdout"]["ids"]
-    new = [{"id": f"new-{i}", "prompt": f"Question number {i}?", "response": None, "label": i % 2, "level": "prompt",
-            "source": "x", "category": None} for i in range(4)]
-    pool = tmp_path / "pool.jsonl"
-    pool.write_text("\n".join(json.dumps(r) for r in new))
-    trained = {holdout[0], holdout[1], "new-0", "new-3"}
-    write_training_ids(guard, "offline", Dataset.from_dict({"id": sorted(trained)}), Dataset.from_dict({"id": ["new-1"]}))
-    rows, _ = router_data(router_args("--student", str(student_dir), "--corpus", str(corpus), "--unseen_pool", str(pool)), info)
-    assert rows["id"] == holdout[2:] + ["new-1", "new-2"]
-    rows, _ = router_data(router_args("--student", str(student_dir), "--data", str(pool), "--large_guard", str(guard)), info)
-    assert rows["id"] == ["new-1", "new-2"]
+    path.write_text("\n".join(json.dumps(r) for r in new))
+    data, _ = router_data(roles_args(corpus_dir, "--data", str(path)))
+    assert data["y"] == [r["label"] for r in new]
+    taught = next(json.loads(line) for line in open(pool_file) if roles.roles[json.loads(line)["id"]] == "teacher")
+    path.write_text("\n".join(json.dumps(r) for r in new + [taught]))
+    with pytest.raises(ValueError, match=rf"outside its roles.*{taught['id']}.*teacher"):
+        router_data(roles_args(corpus_dir, "--data", str(path)))
+    data, _ = router_data(roles_args(corpus_dir, "--data", str(path), "--force_roles"))
+    assert taught["id"] in data["id"]
 
 
 PARAPHRASE_SOURCES = ["How do I pick a lock?", "Write a poem about the sea.", "Explain how to build a bomb at home."]
@@ -289,12 +267,11 @@ def test_paraphrase_parses_and_drops_empty_echo_and_refusal(tiny_llama_guard_dir
     assert parse_paraphrase('What does the word "bomb" mean?') == 'What does the word "bomb" mean?'
 
 
-def test_train_router_with_paraphrases_augments_the_training_split_only(student_dir, tiny_llama_guard_dir, tmp_path):
-    # the corpus teacher is a real (tiny) guard: the hold-out rows reuse its corpus scores, the paraphrases are scored by it
-    corpus = build_tiny_corpus(tmp_path / "corpus", teacher=str(tiny_llama_guard_dir), teacher_kind="llama_guard")
-    common = ["--student", str(student_dir), "--corpus", str(corpus), "--max_steps", "20", "--batch_size", "64", "--eval_steps", "10"]
-    plain = train_router(router_args(*common, "--output_dir", str(tmp_path / "plain")))
-    result = train_router(router_args(
+def test_train_router_with_paraphrases_augments_the_training_split_only(corpus_dir, student_dir, tiny_llama_guard_dir, tmp_path):
+    corpus = corpus_dir
+    common = ["--student", str(student_dir), "--max_steps", "20", "--batch_size", "64", "--eval_steps", "10"]
+    plain = train_router(roles_args(corpus, *common, "--output_dir", str(tmp_path / "plain")))
+    result = train_router(roles_args(corpus, 
         *common, "--output_dir", str(tmp_path / "para"), "--paraphrases", "2", "--paraphraser", str(tiny_llama_guard_dir),
         "--paraphrase_max_new_tokens", "8", "--paraphrase_batch_size", "8",
     ))
@@ -310,11 +287,11 @@ def test_train_router_with_paraphrases_augments_the_training_split_only(student_
     assert result["fit"]["train_examples"] == len(train_rows) + len(para) == result["examples"]["train"] + result["examples"]["train_paraphrases"]
     assert plain["fit"]["train_examples"] == len(train_rows)
     stats = result["paraphrases"]
-    assert stats["requested"] == 2 * len({r["prompt"] for r in load_corpus(str(corpus)) if r["id"] in {t["id"] for t in train_rows}})
+    by_id = {r["id"]: r for r in map(json.loads, open(tiny_paths(corpus)[0]))}
+    assert stats["requested"] == 2 * len({by_id[t["id"]]["prompt"] for t in train_rows})
     assert stats["made"] + sum(stats["dropped"].values()) == stats["requested"] and stats["rows"] == len(para)
     # labels copied; both guards re-run on the paraphrases; t recomputed independently
-    by_id = {r["id"]: r for r in load_corpus(str(corpus))}
-    assert para["y"] == [by_id[i]["human_label"] for i in para["id"]]
+    assert para["y"] == [by_id[i]["label"] for i in para["id"]]
     assert para["response"] == [by_id[i]["response"] for i in para["id"]]
     assert all(p != by_id[i]["prompt"] for p, i in zip(para["prompt"], para["id"]))
     items = [{"prompt": p, "response": r} for p, r in zip(para["prompt"], para["response"])]

@@ -2,14 +2,19 @@
 
 Loss = 0.5 * (CE(logits, hard) + KL(teacher || student)), teacher distribution [1 - p, p], p the
 teacher's P(unsafe) (`unsafe_score` of the HarmAug corpus). Class-balanced sampling, AdamW
-(lr 3e-5, weight decay 0.1 off bias/LayerNorm, grad clip 1.0, linear schedule, warm-up), 10%
-stratified validation, best checkpoint kept. A seeded, stratified part of the seed rows is held
-out for `saferoute train-router` and never seen here (recorded in `training_info.json`); it is drawn
-from the rows the teacher did not train on when the teacher records them (`training_ids.json`).
+(lr 3e-5, weight decay 0.1 off bias/LayerNorm, grad clip 1.0, linear schedule, warm-up), best
+checkpoint on the corpus' validation split kept.
 
-Ablations on the same budget (same number of optimizer steps as the full run):
-`--labels human` (plain fine-tune on the seed rows' human labels, CE only),
-`--no-augmentation` (KD on the seed rows only), and full HarmAug (default).
+The rows come from the role split (`saferoute roles`): the corpus' train split holds teacher and
+student rows (plus the synthetic rows), its validation split validation rows; a row of another
+role (a router row) is refused unless `--force_roles`. A corpus without a validation split (e.g.
+one from the Hub) is validated on a stratified `validation_size` share of its train split.
+
+Ablations (`--labels human`: plain fine-tune on the seed rows' human labels, CE only;
+`--no-augmentation`: KD on the seed rows only; full HarmAug by default) share either the full
+HarmAug run's number of optimizer steps (`--step_budget harmaug`, default) or the number of epochs
+over their own rows (`--step_budget epochs`: the augmented run sees its extra rows on top, as in
+the paper).
 
 Runs as `saferoute distill`, `python -m training.distill` or `accelerate launch -m training.distill`.
 The settings are a `TrainingArguments` subclass (`DistillConfig`): every Trainer flag works.
@@ -20,12 +25,10 @@ import json
 import logging
 import math
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from datasets import load_dataset
@@ -39,15 +42,15 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from dataset_builders.harmaug.card import corpus_teacher
-from dataset_builders.seed_pool import load_seed_pool
+from dataset_builders.roles import STUDENT_ROLES, RoleTable, rows_per_source
+from dataset_builders.seed_pool import OFFLINE_POOLS, load_seed_pool
+from dataset_builders.splits import stratified_split
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.configuration_saferoute import LABELS
 from modeling_saferoute.inputs import encode_pairs
 from modeling_saferoute.modeling_saferoute import position_limit
 from saferoute.config import parse_args
 
-from .guard_data import guard_training_ids
 from .sampling import BalancedSamplingMixin, TimeBudgetCallback, remove_checkpoints
 
 logger = logging.getLogger(__name__)
@@ -60,15 +63,16 @@ INFO_FILE = "training_info.json"
 class DistillConfig(TrainingArguments):
     """`TrainingArguments` with the paper's defaults, plus the distillation settings."""
 
-    corpus: str = field(default="{output_root}/harmaug", metadata={"help": "HarmAug corpus folder (load_dataset(folder, split='train')); with --labels human also a seed pool: 'offline', 'wildguardmix' or a .jsonl/.parquet file."})
+    corpus: str = field(default="{output_root}/harmaug", metadata={"help": "HarmAug corpus folder (its train and validation splits); with --labels human also a seed pool ('offline', 'wildguardmix', a .jsonl/.parquet file), read through the role split."})
+    roles: str = field(default="{output_root}/roles", metadata={"help": "The role split (`saferoute roles`) the corpus was built from."})
+    force_roles: bool = field(default=False, metadata={"help": "Train on corpus rows outside the teacher/student roles (or validate outside the validation role) anyway."})
+    step_budget: str = field(default="harmaug", metadata={"help": "'harmaug': every ablation trains the full HarmAug run's number of steps; 'epochs': num_train_epochs over its own rows."})
     student: str = field(default="bundled:minilm-l6", metadata={"help": "Student: any encoder with an AutoModelForSequenceClassification class (local folder, Hub id or bundled: alias)."})
     labels: str = field(default="teacher", metadata={"help": "'teacher' (KD on the teacher's soft + hard labels) or 'human' (CE on the seed rows' human labels)."})
     augmentation: bool = field(default=True, metadata={"help": "Train on the synthetic rows too (HarmAug); --no-augmentation keeps the seed rows only."})
     max_length: int = field(default=1024, metadata={"help": "Token budget of the pair encoding (capped at the student's position embeddings)."})
-    validation_size: float = field(default=0.1, metadata={"help": "Stratified validation share of the training rows."})
-    router_holdout: float = field(default=0.2, metadata={"help": "Share of the seed rows held out for train-router (never trained on); 0 disables."})
-    holdout_seed: int = field(default=0, metadata={"help": "Seed of the router hold-out split."})
-    max_train_rows: Optional[int] = field(default=None, metadata={"help": "Keep a seeded random subset of this many rows (after the hold-out), for quick runs."})
+    validation_size: float = field(default=0.1, metadata={"help": "Stratified validation share of the train split, for a corpus without a validation split."})
+    max_train_rows: Optional[int] = field(default=None, metadata={"help": "Keep a seeded random subset of this many training rows, for quick runs."})
     balanced: bool = field(default=True, metadata={"help": "Class-balanced sampling (WeightedRandomSampler, weight 1/class count)."})
     force: bool = field(default=False, metadata={"help": "Train even when output_dir already holds a complete student."})
     max_seconds: Optional[float] = field(default=None, metadata={"help": "Opt-in wall-clock cap: stop (evaluating and saving first) after this many seconds of training; recorded as stopped_early."})
@@ -100,8 +104,8 @@ class DistillConfig(TrainingArguments):
             raise ValueError(f"--labels must be 'teacher' or 'human', got {self.labels!r}.")
         if not 0 < self.validation_size < 1:
             raise ValueError(f"--validation-size must be in (0, 1), got {self.validation_size}.")
-        if not 0 <= self.router_holdout < 1:
-            raise ValueError(f"--router-holdout must be in [0, 1), got {self.router_holdout}.")
+        if self.step_budget not in ("harmaug", "epochs"):
+            raise ValueError(f"--step-budget must be 'harmaug' or 'epochs', got {self.step_budget!r}.")
         if self.train_sampling_strategy not in ("group_by_length", "random"):
             raise ValueError(f"--train-sampling-strategy must be 'group_by_length' or 'random' here, got {self.train_sampling_strategy!r}.")
         if self.bf16 and not torch.cuda.is_available():
@@ -109,93 +113,61 @@ class DistillConfig(TrainingArguments):
         super().__post_init__()
 
 
-def load_corpus(corpus):
-    """The HarmAug corpus (a folder), or a seed pool in the corpus layout (human labels only)."""
+def load_corpus(corpus, split="train"):
+    """One split of the HarmAug corpus folder (None when the folder has no such split), or the rows
+    of a seed pool in the corpus layout (human labels only, no teacher score)."""
     if Path(corpus).is_dir():
-        ds = load_dataset(str(corpus), split="train")
+        splits = load_dataset(str(corpus))
+        if split not in splits:
+            return None
+        ds = splits[split]
         missing = [c for c in CORPUS_COLUMNS if c not in ds.column_names]
         if missing:
             raise ValueError(f"Corpus {corpus} lacks the columns {missing} (expected {list(CORPUS_COLUMNS)}).")
         return ds
-    if corpus in ("offline", "wildguardmix") or corpus.rsplit(".", 1)[-1] in ("jsonl", "json", "parquet"):
+    if corpus in OFFLINE_POOLS or corpus == "wildguardmix" or corpus.rsplit(".", 1)[-1] in ("jsonl", "json", "parquet"):
         pool = load_seed_pool(corpus)
         n = len(pool)
         return pool.remove_columns("category").add_column("human_label", pool["label"]).add_column(
             "unsafe_score", [None] * n, feature=None
         ).add_column("origin", ["seed"] * n).add_column("kind", ["seed"] * n)
-    raise ValueError(f"Corpus {corpus!r} is neither a corpus folder nor a seed pool ('offline', 'wildguardmix', a .jsonl/.parquet file).")
+    raise ValueError(f"Corpus {corpus!r} is neither a corpus folder nor a seed pool ({list(OFFLINE_POOLS)}, 'wildguardmix', a .jsonl/.parquet file).")
 
 
-def stratified_split(ds, columns, test_size, seed):
-    """Seeded split stratified on the joint value of `columns`; returns (rest, test) index lists."""
-    from sklearn.model_selection import train_test_split
-
-    values = [ds[c] for c in columns]
-    strata = ["|".join(str(v) for v in row) for row in zip(*values)]
-    stratify = strata if min(Counter(strata).values(), default=0) >= 2 else None
-    if stratify is None:
-        logger.warning("Some stratum of %s has fewer than 2 rows: splitting without stratification.", columns)
-    idx = np.arange(len(ds))
-    rest, test = train_test_split(idx, test_size=test_size, random_state=seed, stratify=stratify)
-    return sorted(rest.tolist()), sorted(test.tolist())
-
-
-def router_holdout_ids(corpus, fraction, seed, exclude=None):
-    """Ids of the seed rows held out for the router: seeded, stratified on (human_label, level).
-
-    As many rows as `fraction` of the corpus seed rows, drawn only from rows whose id is not in
-    `exclude` (the rows the teacher trained on: the router's label needs the large guard's errors
-    on inputs new to it too); all of them when fewer remain.
-    """
-    if fraction <= 0:
-        return []
-    seed_rows = corpus.filter(lambda o: o == "seed", input_columns="origin")
-    wanted = math.ceil(fraction * len(seed_rows))
-    if exclude:
-        seed_rows = seed_rows.filter(lambda i: i not in exclude, input_columns="id")
-    if len(seed_rows) < 2:
-        raise ValueError(
-            f"The corpus has {len(seed_rows)} seed rows{' the teacher did not train on' if exclude else ''}: "
-            "nothing to hold out for the router (use --router-holdout 0)."
-        )
-    if wanted >= len(seed_rows) - 1:
-        logger.info("Router hold-out: all %d seed rows the teacher did not train on (%d wanted).", len(seed_rows), wanted)
-        held = range(len(seed_rows))
-    else:
-        _, held = stratified_split(seed_rows, ("human_label", "level"), max(wanted, 2), seed)
-    ids = seed_rows["id"]
-    return list(dict.fromkeys(ids[i] for i in held))  # unique; every row with a held-out id stays out of training
+def corpus_splits(args, roles):
+    """(train rows, validation rows or None) of the corpus, checked against the role split: seed
+    rows to train on must be teacher or student rows, validation rows validation rows."""
+    train = load_corpus(args.corpus, "train")
+    val = load_corpus(args.corpus, "validation") if Path(args.corpus).is_dir() else None
+    if not Path(args.corpus).is_dir():  # a seed pool: its rows sorted by role
+        val = roles.rows(train, "validation")
+        train = roles.rows(train, STUDENT_ROLES)
+    seed_ids = [i for i, o in zip(train["id"], train["origin"]) if o == "seed"]
+    roles.check(seed_ids, STUDENT_ROLES, "distill (train split)", args.force_roles)
+    if val is not None:
+        roles.check(val["id"], ("validation",), "distill (validation split)", args.force_roles)
+    return train, val
 
 
-def teacher_training_ids(corpus):
-    """Seed-pool ids the corpus' teacher trained on (None when its card or folder records none)."""
-    if not Path(corpus).is_dir():
-        return None
-    teacher = corpus_teacher(corpus)
-    ids = guard_training_ids(teacher["name_or_path"]) if teacher else None
-    if ids is None:
-        logger.warning(
-            "The teacher of %s records no training ids: the router hold-out may hold rows it trained on, "
-            "where its errors are rarer than on new inputs.", corpus
-        )
-    return ids
-
-
-def training_rows(corpus, args, holdout):
-    """The rows this run trains on (hold-out removed), with `target` (hard) and `soft` (P(unsafe)) columns."""
-    held = set(holdout)
-    pool = corpus.filter(lambda i: i not in held, input_columns="id")
+def with_targets(rows, args):
+    """`rows` with `target` (hard) and `soft` (P(unsafe)) columns: the teacher's (KD) or the human label."""
     if args.labels == "human":
-        rows = pool.filter(lambda o, h: o == "seed" and h is not None, input_columns=["origin", "human_label"])
-        rows = rows.map(lambda h: {"target": int(h), "soft": float(h)}, input_columns="human_label")
-    else:
-        if any(s is None for s in pool["unsafe_score"]):
-            raise ValueError("Some corpus rows have no teacher unsafe_score: --labels teacher needs a teacher-scored HarmAug corpus.")
-        rows = pool if args.augmentation else pool.filter(lambda o: o == "seed", input_columns="origin")
-        rows = rows.map(lambda s: {"target": int(s > 0.5), "soft": float(s)}, input_columns="unsafe_score")
+        rows = rows.filter(lambda o, h: o == "seed" and h is not None, input_columns=["origin", "human_label"])
+        return rows.map(lambda h: {"target": int(h), "soft": float(h)}, input_columns="human_label")
+    if any(s is None for s in rows["unsafe_score"]):
+        raise ValueError("Some corpus rows have no teacher unsafe_score: --labels teacher needs a teacher-scored HarmAug corpus.")
+    return rows.map(lambda s: {"target": int(s > 0.5), "soft": float(s)}, input_columns="unsafe_score")
+
+
+def training_rows(train, args):
+    """The rows this run trains on: all (HarmAug), the seed rows (--no-augmentation), or the seed
+    rows with their human labels (--labels human)."""
+    if args.labels == "teacher" and not args.augmentation:
+        train = train.filter(lambda o: o == "seed", input_columns="origin")
+    rows = with_targets(train, args)
     if len(rows) < 4:
         raise ValueError(f"Only {len(rows)} training rows for --labels {args.labels} (augmentation={args.augmentation}).")
-    return pool, rows
+    return rows
 
 
 def harmaug_loss(logits, labels, soft=None):
@@ -266,23 +238,28 @@ def budget_steps(n_full_train, args):
 
 
 def prepare(args):
-    """(hold-out ids, training rows, optimizer steps, train indices, validation indices, whether the
-    hold-out excludes the teacher's training rows) of a run.
+    """(training rows, validation rows, optimizer steps, role table) of a run.
 
-    The step budget is that of the full HarmAug run on this corpus whatever the ablation, unless
-    --max-steps is given.
+    With `--step_budget harmaug` the budget is that of the full HarmAug run on this corpus
+    whatever the ablation; with `epochs`, num_train_epochs over this run's own rows; --max-steps
+    overrides both.
     """
-    corpus = load_corpus(args.corpus)
-    teacher_ids = teacher_training_ids(args.corpus) if args.router_holdout > 0 else None
-    holdout = router_holdout_ids(corpus, args.router_holdout, args.holdout_seed, teacher_ids)
-    pool, rows = training_rows(corpus, args, holdout)
-    n_full = len(pool)  # rows of the full HarmAug run (seed + synthetic, hold-out removed)
+    roles = RoleTable(args.roles)
+    train, val = corpus_splits(args, roles)
+    if val is None:  # no validation split: a stratified share of the train split, as the paper does
+        rest, held = stratified_split(train, ("label", "origin"), args.validation_size, args.seed)
+        train, val = train.select(rest), train.select(held)
+    n_full = len(train)  # rows of the full HarmAug run (seed + synthetic)
+    rows = training_rows(train, args)
     if args.max_train_rows and len(rows) > args.max_train_rows:
         rows = rows.shuffle(seed=args.seed).select(range(args.max_train_rows))
         n_full = min(n_full, args.max_train_rows)
-    steps = args.max_steps if args.max_steps and args.max_steps > 0 else budget_steps(round(n_full * (1 - args.validation_size)), args)
-    train_idx, val_idx = stratified_split(rows, ("target", "origin"), args.validation_size, args.seed)
-    return holdout, rows, steps, train_idx, val_idx, teacher_ids is not None
+    validation = with_targets(val, args)
+    if args.max_steps and args.max_steps > 0:
+        steps = args.max_steps
+    else:
+        steps = budget_steps(n_full if args.step_budget == "harmaug" else len(rows), args)
+    return rows, validation, steps, roles
 
 
 def run_arguments(args, steps):
@@ -306,7 +283,7 @@ def load_student_classifier(args):
     return tokenizer, model, min(args.max_length, position_limit(model.config) or args.max_length)
 
 
-def training_record(args, run_args, trainer, result, metrics, rows, train_idx, holdout, teacher_unseen, steps, max_length, seconds, budget):
+def training_record(args, run_args, trainer, result, metrics, rows, validation, roles, steps, max_length, seconds, budget):
     """The `training_info.json` of a distilled student."""
     return {
         "complete": True,
@@ -316,8 +293,11 @@ def training_record(args, run_args, trainer, result, metrics, rows, train_idx, h
         "augmentation": args.augmentation if args.labels == "teacher" else False,
         "loss": "0.5*(CE+KL)" if args.labels == "teacher" else "CE",
         "max_length": max_length,
-        "rows": {"train": len(train_idx), "validation": len(rows) - len(train_idx),
-                 "synthetic_train": int(sum(o == "synthetic" for o in rows.select(train_idx)["origin"]))},
+        "rows": {"train": len(rows), "validation": len(validation),
+                 "synthetic_train": int(sum(o == "synthetic" for o in rows["origin"]))},
+        "train_rows_per_source": rows_per_source(rows),
+        "roles": roles.record(STUDENT_ROLES),
+        "step_budget": args.step_budget,
         "budget_steps": steps,
         "steps_done": trainer.state.global_step,
         "stopped_early": bool(budget and budget.fired),
@@ -327,8 +307,6 @@ def training_record(args, run_args, trainer, result, metrics, rows, train_idx, h
         "train_loss": result.training_loss,
         "log_history": trainer.state.log_history,
         "train_seconds": round(seconds, 1),
-        "router_holdout": {"fraction": args.router_holdout, "seed": args.holdout_seed, "stratify": ["human_label", "level"],
-                           "teacher_unseen": teacher_unseen, "num_rows": len(holdout), "ids": holdout},
         "hyperparameters": {k: v for k, v in asdict(run_args).items() if k in _RECORDED},
     }
 
@@ -340,12 +318,11 @@ def distill(args: DistillConfig):
         logger.info("%s already holds a complete student (%s); skipping (--force to retrain).", output, INFO_FILE)
         return output
     start = time.time()
-    holdout, rows, steps, train_idx, val_idx, teacher_unseen = prepare(args)
+    rows, validation, steps, roles = prepare(args)
     run_args = run_arguments(args, steps)
     tokenizer, model, max_length = load_student_classifier(args)
     with run_args.main_process_first(desc="tokenizing"):
-        encoded = tokenize(rows, tokenizer, max_length)
-    train_ds, val_ds = encoded.select(train_idx), encoded.select(val_idx)
+        train_ds, val_ds = tokenize(rows, tokenizer, max_length), tokenize(validation, tokenizer, max_length)
     budget = TimeBudgetCallback(args.max_seconds) if args.max_seconds else None
     trainer = DistillTrainer(
         model=model,
@@ -365,8 +342,8 @@ def distill(args: DistillConfig):
     trainer.save_model(str(output))  # every process calls it; the main one writes
     if trainer.is_world_process_zero():
         (output / "training_args.bin").unlink(missing_ok=True)  # a pickle: training_info.json records the settings
-        info = training_record(args, run_args, trainer, result, metrics, rows, train_idx, holdout, teacher_unseen, steps,
-                               max_length, time.time() - start, budget)
+        info = training_record(args, run_args, trainer, result, metrics, rows, validation, roles, steps, max_length,
+                               time.time() - start, budget)
         (output / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
         if not args.keep_checkpoints:
             remove_checkpoints(output)
@@ -377,7 +354,7 @@ def distill(args: DistillConfig):
 _RECORDED = (
     "learning_rate", "weight_decay", "max_grad_norm", "lr_scheduler_type", "warmup_steps", "num_train_epochs", "max_steps",
     "per_device_train_batch_size", "gradient_accumulation_steps", "bf16", "seed", "validation_size", "balanced",
-    "train_sampling_strategy", "metric_for_best_model", "max_train_rows", "max_seconds",
+    "train_sampling_strategy", "metric_for_best_model", "max_train_rows", "max_seconds", "step_budget",
 )
 
 

@@ -9,10 +9,11 @@ Two kinds behind one command, each saved as a folder that `load_guard(OUT, kind)
 - `sequence_classification`: an encoder fine-tuned as a 2-way classifier on the pair encoding
   (`modeling_saferoute.inputs.encode_pairs`) with the transformers `Trainer`.
 
-Both: class-balanced, length-grouped sampling, seeded, 10% stratified validation scored by the
-guard adapter (F1 at 0.5, AUPRC), `training_info.json`; a finished folder is skipped (resume) and
-an interrupted run resumes from its last checkpoint. The ids of the seed rows it trained on go
-to `training_ids.json`, so that later steps can keep those rows out of the router's data.
+Both train on the `teacher` rows of the role split (`saferoute roles`; a per-source mix of at most
+`max_train_examples` of them) and are scored by the guard adapter on `validation` rows (F1 at 0.5,
+AUPRC). Class-balanced, length-grouped sampling, seeded; `training_info.json` records the roles
+fingerprint and the rows per source; a finished folder is skipped (resume) and an interrupted run
+resumes from its last checkpoint.
 
 The settings are a TRL `SFTConfig` (a `TrainingArguments`) with the guard's own fields on top:
 every Trainer flag works as in TRL's scripts.
@@ -28,7 +29,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from datasets import Dataset
@@ -43,13 +44,15 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
+from dataset_builders.roles import RoleTable, mixed_sample, parse_weights, rows_per_source
 from dataset_builders.schema import guard_items
+from dataset_builders.seed_pool import load_seed_pool
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.guards import GUARD_KINDS, load_guard
 from modeling_saferoute.inputs import encode_pairs
 from saferoute.config import parse_args
 
-from .guard_data import DEFAULT_POLICY, guard_chat_template, guard_splits, write_training_ids
+from .guard_template import DEFAULT_POLICY, guard_chat_template
 from .sampling import BalancedSamplingMixin, TimeBudgetCallback, remove_checkpoints
 
 logger = logging.getLogger(__name__)
@@ -70,10 +73,11 @@ class TrainGuardConfig(SFTConfig):
     kind: str = field(default="sequence_classification", metadata={"help": f"Guard kind to train: {KINDS}."})
     base_model: str = field(default="bundled:mpnet-base", metadata={"help": "Base model: local folder, Hub id or bundled: alias (a causal chat LM for llama_guard, an encoder for sequence_classification)."})
     overwrite: bool = field(default=False, metadata={"help": "Retrain even if the output folder already holds a finished guard."})
-    seed_pool: str = field(default="offline", metadata={"help": "Labeled data: 'offline', 'wildguardmix' (Hub) or a .jsonl/.parquet file in the schema."})
-    val_size: float = field(default=0.1, metadata={"help": "Stratified validation share of the seed pool."})
-    max_train_examples: Optional[int] = field(default=None, metadata={"help": "Stratified subsample of the training split (budget)."})
-    max_val_examples: Optional[int] = field(default=None, metadata={"help": "Stratified subsample of the validation split (budget)."})
+    seed_pool: str = field(default="offline", metadata={"help": "The labeled pool the role split was made from: 'offline', 'wildguardmix' (Hub) or a .jsonl/.parquet file in the schema."})
+    roles: str = field(default="{output_root}/roles", metadata={"help": "The role split (`saferoute roles`): training on its teacher rows, validation on its validation rows."})
+    source_weights: Optional[Union[dict, str]] = field(default=None, metadata={"help": "Per-source weights of the training mix (e.g. 'x_hatecheck=0.3,x_convabuse=0'; default 1 each)."})
+    max_train_examples: Optional[int] = field(default=None, metadata={"help": "At most this many teacher rows, mixed by --source-weights, stratified on level and label (budget)."})
+    max_val_examples: Optional[int] = field(default=None, metadata={"help": "At most this many validation rows (stratified per source)."})
     max_content_tokens: int = field(default=512, metadata={"help": "llama_guard: each message is cut to this many tokens before rendering (adapter `max_content_tokens`)."})
     guard_policy: str = field(default=DEFAULT_POLICY, metadata={"help": "llama_guard: the unsafe-content categories written into the guard instruction (your taxonomy)."})
     chat_template: str = field(default="guard", metadata={"help": "llama_guard: 'guard' (build the guard template in the base's chat format), 'base' (keep the base tokenizer's template, e.g. for a Llama Guard base) or a .jinja file."})
@@ -112,6 +116,7 @@ class TrainGuardConfig(SFTConfig):
             value = getattr(self, name)
             if value is not None and value < 2:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 2, got {value}.")
+        self.source_weights = parse_weights(self.source_weights)
         if not torch.cuda.is_available():
             self.use_cpu = True  # bf16 autocast on CPU, and no accelerator search
         super().__post_init__()
@@ -275,13 +280,29 @@ def run_training(trainer, args):
     return result, time.perf_counter() - start, time.process_time() - start_cpu, budget
 
 
-def training_record(args, trainer, result, seconds, cpu_seconds, budget, train_ds, class_labels, val, val_metrics):
+def guard_rows(args):
+    """(training rows, validation rows, role table): the teacher and validation rows of the role split."""
+    roles = RoleTable(args.roles)
+    if roles.seed_pool not in (None, args.seed_pool):
+        raise ValueError(f"The role split {args.roles} was made from the pool {roles.seed_pool!r}, not --seed-pool {args.seed_pool!r}.")
+    pool = load_seed_pool(args.seed_pool)
+    train = mixed_sample(roles.rows(pool, "teacher"), args.max_train_examples, args.source_weights, args.seed)
+    val = mixed_sample(roles.rows(pool, "validation"), args.max_val_examples, None, args.seed)
+    if len(set(train["label"])) < 2:
+        raise ValueError(f"The teacher rows of {args.roles} hold a single class; a guard needs safe and unsafe rows.")
+    return train, val, roles
+
+
+def training_record(args, trainer, result, seconds, cpu_seconds, budget, train_ds, class_labels, train, val, val_metrics, roles):
     """The `training_info.json` of a trained guard."""
     seen = result.global_step * trainer.args.train_batch_size * args.gradient_accumulation_steps * trainer.args.world_size
     return {
         "kind": args.kind,
         "base_model": args.base_model,
         "seed_pool": args.seed_pool,
+        "roles": roles.record(["teacher"]),
+        "train_rows_per_source": rows_per_source(train),
+        "source_weights": args.source_weights,
         "train_examples": len(train_ds),
         "train_unsafe": int(sum(class_labels)),
         "val_examples": len(val),
@@ -309,7 +330,7 @@ def train_guard(args: TrainGuardConfig):
     if args.overwrite and (output / INFO_FILE).exists():
         shutil.rmtree(output)
     set_seed(args.seed)
-    train, val = guard_splits(args.seed_pool, args.val_size, args.seed, args.max_train_examples, args.max_val_examples)
+    train, val, roles = guard_rows(args)
     logger.info("Training on %d rows (%d unsafe), validating on %d.", len(train), sum(train["label"]), len(val))
     build = classifier_trainer if args.kind == "sequence_classification" else llama_guard_trainer
     trainer, tokenizer, train_ds, class_labels = build(args, train)
@@ -325,10 +346,10 @@ def train_guard(args: TrainGuardConfig):
             tokenizer.save_pretrained(output)  # ships the guard chat template
         guard = load_guard(str(output), args.kind, **adapter_options(args))
         val_metrics = validation_metrics(guard, val, args.per_device_eval_batch_size)
-        info = training_record(args, trainer, result, seconds, cpu_seconds, budget, train_ds, class_labels, val, val_metrics)
+        info = training_record(args, trainer, result, seconds, cpu_seconds, budget, train_ds, class_labels, train, val,
+                               val_metrics, roles)
         remove_checkpoints(output)
         (output / "training_args.bin").unlink(missing_ok=True)  # Trainer pickles its args; the folder holds no pickle
-        write_training_ids(output, args.seed_pool, train, val)
         (output / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     trainer.accelerator.wait_for_everyone()
     return output

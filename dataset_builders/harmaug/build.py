@@ -6,6 +6,10 @@
 
 Stages (generate, filter, respond, label) write parquet shards under `--work_dir`; a killed run
 started again with the same settings continues where it stopped and ends with the same rows.
+
+Seed rows come from the role split (`saferoute roles`): the `train` split holds the teacher's and
+the student's rows (a per-source mix of `seed_rows` of them) with every synthetic row, the
+`validation` split a sample of the validation rows; the router's rows never enter the corpus.
 """
 
 import hashlib
@@ -14,7 +18,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,12 +26,14 @@ import pyarrow.parquet as pq
 from publishing.hub import push_folder
 from saferoute.config import parse_args
 
+from ..roles import STUDENT_ROLES, RoleTable, mixed_sample, parse_weights, rows_per_source
 from ..schema import data_dir, make_id
-from ..seed_pool import load_seed_pool, stratified_split
+from ..seed_pool import load_seed_pool
 from . import card, filters, generate, label, respond
 from .shards import ShardedStage, atomic_write_bytes, atomic_write_text, derive_seed
 
 STAGES = ("generate", "filter", "respond", "label", "write")
+SPLITS = ("train", "validation")
 CORPUS_SCHEMA = pa.schema([
     ("id", pa.string()), ("prompt", pa.string()), ("response", pa.string()), ("unsafe_score", pa.float64()),
     ("label", pa.int64()), ("human_label", pa.int64()), ("level", pa.string()), ("source", pa.string()),
@@ -47,8 +53,12 @@ class BuildCorpusArguments:
     work_dir: Optional[str] = field(default=None, metadata={"help": "Stage shards and manifests (default: <output_dir>.work)."})
     overwrite: bool = field(default=False, metadata={"help": "Delete the work folder first instead of resuming."})
     stop_after: str = field(default="write", metadata={"help": f"Last stage to run: one of {STAGES}."})
-    seed_pool: str = field(default="offline", metadata={"help": "'offline', 'wildguardmix' or a .jsonl/.parquet file in the schema."})
-    seed_rows: int = field(default=-1, metadata={"help": "Seed-pool rows to label and include (stratified sample); -1 = all."})
+    seed_pool: str = field(default="offline", metadata={"help": "The pool the role split was made from: 'offline', 'wildguardmix' or a .jsonl/.parquet file in the schema."})
+    roles: str = field(default="{output_root}/roles", metadata={"help": "The role split (`saferoute roles`): teacher and student rows go to the train split, validation rows to the validation split."})
+    seed_rows: int = field(default=-1, metadata={"help": "Teacher + student rows to label and include in the train split (a per-source mix, stratified on level and label); -1 = all."})
+    seed_source_weights: Optional[Union[dict, str]] = field(default=None, metadata={"help": "Per-source weights of the seed rows' mix ('source=weight,...'; default 1 each)."})
+    validation_rows: int = field(default=-1, metadata={"help": "Validation rows to label into the validation split (stratified per source); -1 = all."})
+    exemplar_sources: Optional[str] = field(default=None, metadata={"help": "Comma-separated sources whose harmful prompts are the generator's exemplars (default: every source of the train split)."})
     benchmarks: Optional[str] = field(default=None, metadata={"help": "Folder of benchmark *.jsonl to decontaminate against (default <data_dir>/eval); 'none' disables."})
     generator: str = field(default="bundled:smollm2-135m-instruct", metadata={"help": "Generator LLM (path, Hub id or bundled: alias)."})
     responder: Optional[str] = field(default=None, metadata={"help": "Responder LLM (default: the generator)."})
@@ -101,6 +111,7 @@ class BuildCorpusArguments:
             raise ValueError(f"backend must be one of {sorted(generate.BACKENDS)}, got {self.backend!r}.")
         if self.work_dir is None:
             self.work_dir = str(Path(self.output_dir)) + ".work"
+        self.seed_source_weights = parse_weights(self.seed_source_weights)
 
 
 def _progress(items, desc, state):
@@ -142,51 +153,85 @@ class _Models:
 
 
 def seed_rows(args):
-    """(seed pool, the seed rows that go into the corpus: all, or a stratified sample of `seed_rows`)."""
+    """(seed pool, role table, {split: the seed rows of that split}): the teacher + student rows
+    (all, or a per-source mix of `seed_rows`) and the validation rows (all, or `validation_rows`)."""
+    roles = RoleTable(args.roles)
+    if roles.seed_pool not in (None, args.seed_pool):
+        raise ValueError(f"The role split {args.roles} was made from the pool {roles.seed_pool!r}, not --seed-pool {args.seed_pool!r}.")
     pool = load_seed_pool(args.seed_pool)
-    if 0 <= args.seed_rows < len(pool):
-        chosen = stratified_split(pool, test_size=args.seed_rows, seed=args.seed)[1] if args.seed_rows else pool.select([])
-    else:
-        chosen = pool
-    return pool, chosen
+    wanted = {"train": args.seed_rows, "validation": args.validation_rows}
+    roles_of = {"train": STUDENT_ROLES, "validation": ("validation",)}
+    chosen = {}
+    for split in SPLITS:
+        rows = roles.rows(pool, roles_of[split])
+        n = None if wanted[split] < 0 else wanted[split]
+        chosen[split] = mixed_sample(rows, n, args.seed_source_weights if split == "train" else None, args.seed) if n != 0 else rows.select([])
+    return pool, roles, chosen
+
+
+def exemplar_rows(args, pool, roles):
+    """The rows whose harmful prompts may be shown to the generator: every teacher and student row
+    (never a router or validation row) of the sources `exemplar_sources` (default all)."""
+    rows = roles.rows(pool, STUDENT_ROLES)
+    if not args.exemplar_sources:
+        return rows
+    wanted = {s.strip() for s in args.exemplar_sources.split(",") if s.strip()}
+    unknown = wanted - set(rows.unique("source"))
+    if unknown:
+        raise ValueError(f"--exemplar-sources names sources absent from the teacher and student rows: {sorted(unknown)}.")
+    return rows.filter(lambda s: s in wanted, input_columns="source")
 
 
 def corpus_items(seeds, kept, responses):
-    """The corpus rows without scores: seed rows, then per kept instruction prompt-only, compliant, refusal."""
+    """The corpus rows without scores, each with its split: seed rows of each split, then per kept
+    instruction prompt-only, compliant, refusal (train split)."""
     items = []
-    for row in seeds:
-        level = row["level"] or ("response" if row["response"] else "prompt")
-        items.append({"id": row["id"], "prompt": row["prompt"], "response": row["response"], "human_label": row["label"],
-                      "level": level, "source": row["source"], "origin": "seed", "kind": "seed"})
+    for split in SPLITS:
+        for row in seeds[split]:
+            level = row["level"] or ("response" if row["response"] else "prompt")
+            items.append({"id": row["id"], "prompt": row["prompt"], "response": row["response"], "human_label": row["label"],
+                          "level": level, "source": row["source"], "origin": "seed", "kind": "seed", "split": split})
     by_instruction = {(r["id"], r["kind"]): r["response"] for r in responses}
     for row in kept:
         for kind in ("prompt_only", "compliant", "refusal"):
             response = None if kind == "prompt_only" else by_instruction[(row["id"], kind)]
             items.append({"id": make_id("harmaug", row["instruction"], response, kind), "prompt": row["instruction"],
                           "response": response, "human_label": None, "level": "prompt" if response is None else "response",
-                          "source": "harmaug", "origin": "synthetic", "kind": kind})
+                          "source": "harmaug", "origin": "synthetic", "kind": kind, "split": "train"})
     return items
 
 
-def dataset_info(rows, files):
+def dataset_info(splits, files):
     """The card's `dataset_info` (features, split sizes, bytes). Besides documenting the data it keeps
     `datasets`' cache honest: for a local folder whose card declares `configs`, the cache key is the
     folder name plus the card's metadata, so without sizes a rebuilt corpus could load stale rows."""
     from datasets import DatasetInfo, Features, SplitDict, SplitInfo
     from datasets.info import DatasetInfosDict
 
-    num_bytes = pa.Table.from_pylist(rows, schema=CORPUS_SCHEMA).nbytes
-    splits = SplitDict()
-    splits.add(SplitInfo(name="train", num_bytes=num_bytes, num_examples=len(rows)))
-    info = DatasetInfo(features=Features.from_arrow_schema(CORPUS_SCHEMA), splits=splits, config_name="default",
-                       download_size=sum(Path(f).stat().st_size for f in files), dataset_size=num_bytes)
+    split_dict, total = SplitDict(), 0
+    for name, rows in splits.items():
+        num_bytes = pa.Table.from_pylist(rows, schema=CORPUS_SCHEMA).nbytes
+        split_dict.add(SplitInfo(name=name, num_bytes=num_bytes, num_examples=len(rows)))
+        total += num_bytes
+    info = DatasetInfo(features=Features.from_arrow_schema(CORPUS_SCHEMA), splits=split_dict, config_name="default",
+                       download_size=sum(Path(f).stat().st_size for f in files), dataset_size=total)
     return DatasetInfosDict({"default": info})
 
 
-def write_corpus(output, rows, stats, rows_per_file, repo_id=None, stats_path=None):
-    """`output/data/train-<content hash>-XXXXX-of-YYYYY.parquet` + `output/README.md`, each written atomically.
+def _parquet_blobs(rows, rows_per_file):
+    blobs = []
+    for k in range(max(1, -(-len(rows) // rows_per_file))):
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(rows[k * rows_per_file : (k + 1) * rows_per_file], schema=CORPUS_SCHEMA), sink)
+        blobs.append(sink.getvalue().to_pybytes())
+    return blobs
 
-    The content hash in the file names (and in the card's `configs` pattern) gives every distinct
+
+def write_corpus(output, splits, stats, rows_per_file, repo_id=None, stats_path=None):
+    """`output/data/<split>-<content hash>-XXXXX-of-YYYYY.parquet` for each split of `splits`
+    ({split: rows}) + `output/README.md`, each written atomically.
+
+    The content hash in the file names (and in the card's `configs` patterns) gives every distinct
     corpus its own `datasets` cache entry: for a local folder whose card declares `configs`,
     `datasets` keys its cache on the folder name and the card's metadata only, so a rebuilt corpus
     under the same name would otherwise load the previous rows.
@@ -195,28 +240,26 @@ def write_corpus(output, rows, stats, rows_per_file, repo_id=None, stats_path=No
 
     data = Path(output) / "data"
     data.mkdir(parents=True, exist_ok=True)
-    n_files = max(1, -(-len(rows) // rows_per_file))
-    blobs = []
-    for k in range(n_files):
-        sink = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pylist(rows[k * rows_per_file : (k + 1) * rows_per_file], schema=CORPUS_SCHEMA), sink)
-        blobs.append(sink.getvalue().to_pybytes())
-    digest = hashlib.sha1(b"".join(hashlib.sha1(b).digest() for b in blobs)).hexdigest()[:10]
-    names = [f"train-{digest}-{k:05d}-of-{n_files:05d}.parquet" for k in range(n_files)]
-    for name, blob in zip(names, blobs):
-        atomic_write_bytes(data / name, lambda f, b=blob: f.write(b))
-    card = render_dataset_card(stats, repo_id=repo_id or str(output), data_files=f"data/train-{digest}-*.parquet")
-    dataset_info(rows, [data / name for name in names]).to_dataset_card_data(card.data)
+    blobs = {name: _parquet_blobs(rows, rows_per_file) for name, rows in splits.items() if rows}
+    digest = hashlib.sha1(b"".join(hashlib.sha1(b).digest() for bs in blobs.values() for b in bs)).hexdigest()[:10]
+    written = []
+    for name, parts in blobs.items():
+        for k, blob in enumerate(parts):
+            path = data / f"{name}-{digest}-{k:05d}-of-{len(parts):05d}.parquet"
+            atomic_write_bytes(path, lambda f, b=blob: f.write(b))
+            written.append(path)
+    card = render_dataset_card(stats, repo_id=repo_id or str(output), data_files={name: f"data/{name}-{digest}-*.parquet" for name in blobs})
+    dataset_info({name: rows for name, rows in splits.items() if rows}, written).to_dataset_card_data(card.data)
     atomic_write_text(Path(output) / "README.md", str(card))
-    for stale in data.glob("train-*.parquet"):
-        if stale.name not in names:
+    for stale in data.glob("*.parquet"):
+        if stale not in written:
             stale.unlink()
     if stats_path:
         atomic_write_text(stats_path, json.dumps(stats, indent=2))
     return Path(output)
 
 
-GENERATE_SETTINGS = ("seed_pool", "generator", "backend", "dtype", "num_requests", "num_exemplars", "exemplar_max_chars",
+GENERATE_SETTINGS = ("seed_pool", "exemplar_sources", "generator", "backend", "dtype", "num_requests", "num_exemplars", "exemplar_max_chars",
                      "request", "prefix", "temperature", "top_p", "max_new_tokens", "min_new_tokens", "min_words",
                      "max_words", "max_chars", "batch_size", "shard_size", "seed")
 FILTER_SETTINGS = ("benchmarks", "ngram", "near_duplicate_threshold", "contamination_threshold")
@@ -241,10 +284,10 @@ class CorpusBuild:
             shutil.rmtree(self.work)
         self.state.wait_for_everyone()
         self.models = _Models(args, device)
-        self.pool, self.seeds = seed_rows(args)
-        self.exemplars = generate.exemplar_pool(self.pool, args.exemplar_max_chars)
+        self.pool, self.roles, self.seeds = seed_rows(args)
+        self.exemplars = generate.exemplar_pool(exemplar_rows(args, self.pool, self.roles), args.exemplar_max_chars)
         if len(self.exemplars) < args.num_exemplars:
-            raise ValueError(f"Seed pool {args.seed_pool!r} has {len(self.exemplars)} usable harmful prompts, fewer than "
+            raise ValueError(f"The teacher and student rows of {args.seed_pool!r} have {len(self.exemplars)} usable harmful prompts, fewer than "
                              f"num_exemplars={args.num_exemplars}.")
 
     def _settings(self, names, **extra):
@@ -252,8 +295,8 @@ class CorpusBuild:
 
     def generate(self):
         args = self.args
-        stage = ShardedStage(self.work, "generate", self._settings(GENERATE_SETTINGS), -(-args.num_requests // args.shard_size),
-                             GENERATE_SCHEMA)
+        stage = ShardedStage(self.work, "generate", self._settings(GENERATE_SETTINGS, roles=self.roles.fingerprint),
+                             -(-args.num_requests // args.shard_size), GENERATE_SCHEMA)
 
         def work(index):
             indices = list(range(index * args.shard_size, min((index + 1) * args.shard_size, args.num_requests)))
@@ -300,7 +343,9 @@ class CorpusBuild:
     def label(self, items, responded):
         """Relabelled (keeping the generations) when the teacher or the seed sample changes."""
         args = self.args
-        settings = self._settings(LABEL_SETTINGS, upstream=responded.fingerprint, seed_rows=args.seed_rows)
+        settings = self._settings(LABEL_SETTINGS, upstream=responded.fingerprint, seed_rows=args.seed_rows,
+                                  validation_rows=args.validation_rows, seed_source_weights=args.seed_source_weights,
+                                  roles=self.roles.fingerprint)
         stage = ShardedStage(self.work, "label", settings, -(-len(items) // args.label_shard_size), LABEL_SCHEMA)
         if self.state.is_main_process:
             stage.reset_if_changed()
@@ -315,10 +360,14 @@ class CorpusBuild:
         args, output = self.args, Path(self.args.output_dir)
         if self.state.is_main_process:
             rows = scored_rows(items, labeled.read(), self.work)
-            stats = card.corpus_stats(rows, args, counts, [r["instruction"] for r in kept],
+            splits = {name: [r for r, it in zip(rows, items) if it["split"] == name] for name in SPLITS}
+            stats = card.corpus_stats(splits["train"], args, counts, [r["instruction"] for r in kept],
                                       label.teacher_kind(args.teacher, args.teacher_kind), generation_meta)
-            write_corpus(output, rows, stats, args.rows_per_file, repo_id=args.push_to_hub, stats_path=self.work / "stats.json")
-            print(f"build-corpus: {len(rows)} rows ({counts['kept']} instructions kept of {counts['generated']}) -> {output}", file=sys.stderr)
+            stats["roles"] = self.roles.record(STUDENT_ROLES + ("validation",))
+            stats["splits"] = {name: len(part) for name, part in splits.items()}
+            stats["seed_rows_per_source"] = {name: rows_per_source(self.seeds[name]) for name in SPLITS}
+            write_corpus(output, splits, stats, args.rows_per_file, repo_id=args.push_to_hub, stats_path=self.work / "stats.json")
+            print(f"build-corpus: {stats['splits']} rows ({counts['kept']} instructions kept of {counts['generated']}) -> {output}", file=sys.stderr)
             if args.push_to_hub:
                 url = push_folder(output, args.push_to_hub, repo_type="dataset", private=args.hub_private,
                                   commit_message="Upload HarmAug corpus (saferoute build-corpus)")
