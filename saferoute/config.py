@@ -81,3 +81,23 @@ def parse_args(dataclass_types, argv=None, section=None, with_recipe=False):
 def recipe_output_root(recipe, flag=None):
     """The output_root a stage run with `--config recipe [--output_root flag]` uses."""
     return flag or load_recipe(recipe, None)[0].get("output_root") or DEFAULT_OUTPUT_ROOT
+
+
+def recorded_arguments(args):
+    """The settings of a parsed dataclass as plain JSON values, for a stage's record (what it ran with)."""
+    def plain(value):
+        if isinstance(value, (str, int, float, bool, type(None))):
+            return True
+        if isinstance(value, (list, tuple)):
+            return all(plain(v) for v in value)
+        if isinstance(value, dict):
+            return all(isinstance(k, str) and plain(v) for k, v in value.items())
+        return False
+
+    out = {}
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        value = getattr(value, "value", value)  # enums (TrainingArguments' strategies) as their value
+        if plain(value):
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out

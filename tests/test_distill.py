@@ -185,3 +185,15 @@ def test_position_limit_caps_absolute_positions_only():
     assert student_max_length(BertConfig(max_position_embeddings=512), 1024) == 512
     assert student_max_length(BertConfig(max_position_embeddings=512), 128) == 128
     assert student_max_length(DebertaV2Config(max_position_embeddings=512, position_biased_input=False), 1024) == 1024
+
+
+def test_deberta_students_trained_past_their_positions_widen_the_relative_buckets(tmp_path):
+    """HarmAug's code sets DeBERTa-v3's max_position_embeddings to the training length (1024)."""
+    from transformers import BertConfig, DebertaV2Config
+
+    from training.distill import relative_position_overrides
+
+    deberta = DebertaV2Config(max_position_embeddings=512, position_biased_input=False, relative_attention=True)
+    assert relative_position_overrides(deberta, 1024) == {"max_position_embeddings": 1024}
+    assert relative_position_overrides(deberta, 512) == {}
+    assert relative_position_overrides(BertConfig(max_position_embeddings=512), 1024) == {}  # absolute positions: capped instead

@@ -208,7 +208,7 @@ def test_huge_input_is_truncated_keeping_both_parts(guard_pipe):
 
 
 def test_causal_guard_matches_hand_computed_softmax(tiny_llama_guard_dir):
-    guard = load_guard(str(tiny_llama_guard_dir), "llama_guard", batch_size=2)
+    guard = load_guard(str(tiny_llama_guard_dir), "llama_guard", batch_size=2, autocast_dtype="none")  # float32, as the hand computation
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_guard_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_llama_guard_dir)
     items = [normalize_input(x) for x in MIXED_INPUTS]

@@ -24,7 +24,7 @@ def template_tail_ids(guard):
 
 @pytest.mark.parametrize("max_length", [48, 200])
 def test_fed_tokens_end_with_the_template_tail_at_every_length(tiny_llama_guard_dir, max_length):
-    guard = load_guard(str(tiny_llama_guard_dir), "llama_guard", max_length=max_length, max_content_tokens=1024)
+    guard = load_guard(str(tiny_llama_guard_dir), "llama_guard", max_length=max_length, max_content_tokens=1024, autocast_dtype="none")
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_guard_dir).eval()
     tail = template_tail_ids(guard)
     user_tail = guard.tokenizer.encode(guard._render_turns([("user", "SENTINELWORD")]).split("SENTINELWORD")[-1],

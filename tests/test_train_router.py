@@ -16,10 +16,10 @@ from tiny_corpus import build_tiny_corpus, tiny_paths
 from saferoute.config import parse_args
 from training.distill import main as distill_main
 from publishing.package import load_student
-from training.paraphrase import PARAPHRASE_PREFIX, paraphrase, parse_paraphrase
+from training.paraphrase import PARAPHRASE_PREFIX, paraphrase, paraphrase_pairs, parse_pair, parse_paraphrase
 from evaluation.methods import RoutingInputs, choose_router_threshold, evaluate_methods
 from evaluation.metrics import router_label
-from training.router import BayesianLinear, bayesian_copy, export_posterior_mean, fit_router
+from training.router import BayesianLinear, bayesian_copy, export_posterior_mean, fit_router, router_steps
 from training.train_router import (
     TrainRouterArguments,
     corpus_teacher,
@@ -142,7 +142,7 @@ def test_train_router_on_the_router_rows_and_package(corpus_dir, student_dir, ti
     items = [{"prompt": r["prompt"], "response": r["response"]} for r in rows]
     model, tok, _ = load_student(str(student_dir))
     _, student_p = student_features(model, tok, items, 64)
-    large_p = np.array(load_guard(str(tiny_llama_guard_dir), "llama_guard").score(items))
+    large_p = np.array(load_guard(str(tiny_llama_guard_dir), "llama_guard", batch_size=8).score(items))  # the same batches as train-router
     y = np.array([r["label"] for r in rows])
     np.testing.assert_allclose(table["student_p"], student_p, atol=1e-5)
     np.testing.assert_allclose(table["large_p"], large_p, atol=1e-5)
@@ -267,6 +267,45 @@ def test_paraphrase_parses_and_drops_empty_echo_and_refusal(tiny_llama_guard_dir
     assert parse_paraphrase('What does the word "bomb" mean?') == 'What does the word "bomb" mean?'
 
 
+def test_pair_paraphrases_keep_both_sections_whole_and_drop_what_fails(tiny_llama_guard_dir):
+    """SafeRoute's pair mode: prompt and response paraphrased together, several lines kept."""
+    pairs = [("How do I pick a lock?", "Use a tension wrench.\nThen rake the pins."), ("Write a poem about the sea.", None),
+             ("Explain how to build a bomb at home.", "Sure, here is how."), ("Tell me a joke.", "Why did the chicken cross?"),
+             ("Name a red fruit.", "An apple.")]
+    script = {
+        "How do I pick a lock?": "**Prompt:** What is a way to open a lock\nwithout its key?\n**Response:** Take a tension wrench.\nNext, rake the pins.",
+        "Write a poem about the sea.": "Prompt: Compose a poem about the ocean.\nResponse: None",
+        "Explain how to build a bomb at home.": "I'm sorry, I can't do that.",  # no sections: dropped as empty
+        "Tell me a joke.": "Prompt: Tell me a joke.\nResponse: Why did the chicken cross?",  # an echo
+        "Name a red fruit.": "Prompt: Which fruit is red?\nResponse:",  # the response went missing
+    }
+    gen = ScriptedGenerator(load_generator(str(tiny_llama_guard_dir)).tokenizer, script)
+    out, stats = paraphrase_pairs(gen, pairs, 1, seed=0, show_progress=False)
+    assert out[0][0] == ("What is a way to open a lock\nwithout its key?", "Take a tension wrench.\nNext, rake the pins.")
+    assert out[1][0] == ("Compose a poem about the ocean.", None)
+    assert [o[0] for o in out[2:]] == [None, None, None]
+    assert stats["made"] == 2 and stats["dropped"] == {"empty": 2, "echo": 1, "refusal": 0}
+    assert all("Prompt: " in t and "Response: " in t for t in gen.inputs) and "Response: None" in "".join(gen.inputs)
+    assert parse_pair("prompt: a\nresponse: None.") == ("a", None) and parse_pair("no sections") == (None, None)
+
+
+def test_router_schedule_epochs_final_weights_and_adamw():
+    x, t = separable(n=300)
+    args = router_args("--num_epochs", "3", "--batch_size", "64", "--keep", "final", "--optimizer", "adamw", "--weight_decay", "0.01",
+                       "--eval_steps", "2", "--warmup_steps", "0")
+    assert router_steps(args, 240) == 3 * 4
+    torch.manual_seed(0)
+    _, fit = fit_router(SafeRouteRouter(16, 32), x[:240], t[:240], x[240:], t[240:], args)
+    assert fit["steps"] == 12 and fit["kept"] == "final" and fit["kept_step"] == 12
+    assert fit["validation_auprc"] == fit["history"][-1]["val_auprc"]
+    with pytest.raises(ValueError, match="--optimizer"):
+        router_args("--optimizer", "sgd")
+    with pytest.raises(ValueError, match="--keep"):
+        router_args("--keep", "median")
+    with pytest.raises(ValueError, match="--paraphrase-mode"):
+        router_args("--paraphrase_mode", "words")
+
+
 def test_train_router_with_paraphrases_augments_the_training_split_only(corpus_dir, student_dir, tiny_llama_guard_dir, tmp_path):
     corpus = corpus_dir
     common = ["--student", str(student_dir), "--max_steps", "20", "--batch_size", "64", "--eval_steps", "10"]
@@ -297,7 +336,7 @@ def test_train_router_with_paraphrases_augments_the_training_split_only(corpus_d
     items = [{"prompt": p, "response": r} for p, r in zip(para["prompt"], para["response"])]
     model, tok, _ = load_student(str(student_dir))
     _, student_p = student_features(model, tok, items, 64)
-    large_p = load_guard(str(tiny_llama_guard_dir), "llama_guard").score(items)
+    large_p = load_guard(str(tiny_llama_guard_dir), "llama_guard", batch_size=8).score(items)  # the same batches as train-router
     np.testing.assert_allclose(para["student_p"], student_p, atol=1e-5)
     np.testing.assert_allclose(para["large_p"], large_p, atol=1e-5)
     assert para["t"] == router_labels(student_p, large_p, np.array(para["y"])).tolist()

@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from datasets import load_dataset
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -49,7 +50,7 @@ from modeling_saferoute.bundled import resolve
 from modeling_saferoute.configuration_saferoute import LABELS
 from modeling_saferoute.inputs import encode_pairs
 from modeling_saferoute.modeling_saferoute import position_limit
-from saferoute.config import parse_args
+from saferoute.config import parse_args, recorded_arguments
 
 from .sampling import BalancedSamplingMixin, TimeBudgetCallback, remove_checkpoints
 
@@ -272,14 +273,28 @@ def run_arguments(args, steps):
     return dataclasses.replace(args, max_steps=steps, warmup_steps=warmup)
 
 
+def relative_position_overrides(config, max_length):
+    """Config changes for a student with relative positions only (DeBERTa-v2/v3) trained beyond its
+    `max_position_embeddings`: HarmAug's code sets it to the training length (1024), which widens
+    the log-bucketed relative positions to that span. Empty for every other student."""
+    if config.model_type == "deberta-v2" and not getattr(config, "position_biased_input", True) and max_length > config.max_position_embeddings:
+        return {"max_position_embeddings": max_length}
+    return {}
+
+
 def load_student_classifier(args):
-    """(tokenizer, model, token budget): the student with a seeded new 2-way head."""
+    """(tokenizer, model, token budget): the student with a seeded new 2-way head (and, for a
+    DeBERTa-v2/v3 student trained past its position limit, `relative_position_overrides` saved in
+    its config)."""
     path = resolve(args.student)
     set_seed(args.seed)  # the new head's initialisation
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=2, id2label=dict(LABELS), label2id={v: k for k, v in LABELS.items()}, ignore_mismatched_sizes=True
-    )
+    config = AutoConfig.from_pretrained(path, num_labels=2, id2label=dict(LABELS), label2id={v: k for k, v in LABELS.items()})
+    overrides = relative_position_overrides(config, args.max_length)
+    for key, value in overrides.items():
+        logger.info("Student %s: %s %s -> %s (relative positions up to the training length).", args.student, key, getattr(config, key), value)
+        setattr(config, key, value)
+    model = AutoModelForSequenceClassification.from_pretrained(path, config=config, ignore_mismatched_sizes=True)
     return tokenizer, model, min(args.max_length, position_limit(model.config) or args.max_length)
 
 
@@ -293,6 +308,7 @@ def training_record(args, run_args, trainer, result, metrics, rows, validation, 
         "augmentation": args.augmentation if args.labels == "teacher" else False,
         "loss": "0.5*(CE+KL)" if args.labels == "teacher" else "CE",
         "max_length": max_length,
+        "student_config_overrides": relative_position_overrides(AutoConfig.from_pretrained(resolve(args.student)), args.max_length),
         "rows": {"train": len(rows), "validation": len(validation),
                  "synthetic_train": int(sum(o == "synthetic" for o in rows["origin"]))},
         "train_rows_per_source": rows_per_source(rows),
@@ -302,12 +318,14 @@ def training_record(args, run_args, trainer, result, metrics, rows, validation, 
         "steps_done": trainer.state.global_step,
         "stopped_early": bool(budget and budget.fired),
         "effective_batch_size": run_args.per_device_train_batch_size * run_args.gradient_accumulation_steps * max(1, run_args.world_size),
-        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "kept": "best" if run_args.load_best_model_at_end else "final",
+        "best_checkpoint": trainer.state.best_model_checkpoint if run_args.load_best_model_at_end else None,
         "validation": {k.removeprefix("eval_"): v for k, v in metrics.items()},
         "train_loss": result.training_loss,
         "log_history": trainer.state.log_history,
         "train_seconds": round(seconds, 1),
-        "hyperparameters": {k: v for k, v in asdict(run_args).items() if k in _RECORDED},
+        "hyperparameters": {k: v for k, v in recorded_arguments(run_args).items() if k in _RECORDED},
+        "arguments": recorded_arguments(args),
     }
 
 

@@ -76,21 +76,35 @@ def export_posterior_mean(bayes, router):
     return router
 
 
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+KEEP = ("best", "final")
+
+
+def router_steps(args, n_train):
+    """Optimizer steps of the router: `num_epochs` passes of `n_train` balanced draws (SafeRoute's
+    schedule: an epoch draws as many rows as the training set holds), else `max_steps`."""
+    if args.num_epochs:
+        return max(1, math.ceil(args.num_epochs * math.ceil(n_train / args.batch_size)))
+    return args.max_steps
+
+
 def fit_router(router, train_x, train_t, val_x, val_t, args):
-    """Train the router (balanced sampler, BCE [+ KL], Adam, warm-up + linear decay); keep the best on validation."""
+    """Train the router (balanced sampler, BCE [+ KL], Adam or AdamW, warm-up + linear decay);
+    keep the best router on validation (AUPRC of t) or the final one (`args.keep`)."""
     torch.manual_seed(args.seed)
     net = bayesian_copy(router, args.prior_sigma, args.posterior_sigma_init) if args.bayesian else router
+    steps = router_steps(args, len(train_t))
     counts = torch.bincount(train_t.long(), minlength=2).float()
     weights = (1.0 / counts.clamp(min=1))[train_t.long()].double()
-    sampler = WeightedRandomSampler(weights, args.max_steps * args.batch_size, replacement=True, generator=torch.Generator().manual_seed(args.seed))
+    sampler = WeightedRandomSampler(weights, steps * args.batch_size, replacement=True, generator=torch.Generator().manual_seed(args.seed))
     loader = DataLoader(TensorDataset(train_x, train_t.float()), batch_size=args.batch_size, sampler=sampler)
-    optimizer = torch.optim.Adam(net.parameters(), lr=args.learning_rate)
-    warmup = args.warmup_steps if args.warmup_steps >= 1 else args.warmup_steps * args.max_steps
-    if warmup > 0.2 * args.max_steps:
-        warmup = 0.1 * args.max_steps
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup), args.max_steps)
+    optimizer = OPTIMIZERS[args.optimizer](net.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    warmup = args.warmup_steps if args.warmup_steps >= 1 else args.warmup_steps * steps
+    if warmup > 0.2 * steps:
+        warmup = 0.1 * steps
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup), steps)
     best, history = (-1.0, None, 0), []
-    bar = tqdm(loader, desc="router", total=args.max_steps)
+    bar = tqdm(loader, desc="router", total=steps)
     for step, (x, t) in enumerate(bar, start=1):
         net.train()
         loss = nn.functional.binary_cross_entropy_with_logits(net(x), t)
@@ -100,7 +114,7 @@ def fit_router(router, train_x, train_t, val_x, val_t, args):
         loss.backward()
         optimizer.step()
         scheduler.step()
-        if step % args.eval_steps == 0 or step == args.max_steps:
+        if step % args.eval_steps == 0 or step == steps:
             net.eval()
             with torch.no_grad():
                 val_scores = torch.sigmoid(net(val_x)).numpy()
@@ -109,11 +123,12 @@ def fit_router(router, train_x, train_t, val_x, val_t, args):
             history.append({"step": step, "loss": loss.item(), "val_bce": val_loss, "val_auprc": auprc})
             bar.set_postfix(loss=f"{loss.item():.4f}", val_auprc=f"{auprc:.3f}")
             key = auprc if not math.isnan(auprc) else -val_loss
-            if key > best[0] or best[1] is None:
+            if args.keep == "final" or key > best[0] or best[1] is None:
                 best = (key, copy.deepcopy(net.state_dict()), step)
     net.load_state_dict(best[1])
     if args.bayesian:
         export_posterior_mean(net, router)
     router.eval()
     best_auprc = next((h["val_auprc"] for h in history if h["step"] == best[2]), None)
-    return router, {"best_step": best[2], "validation_auprc": best_auprc, "train_examples": len(train_t), "history": history}
+    return router, {"steps": steps, "kept": args.keep, "kept_step": best[2], "validation_auprc": best_auprc,
+                    "train_examples": len(train_t), "history": history}

@@ -27,7 +27,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
@@ -50,7 +50,7 @@ from dataset_builders.seed_pool import load_seed_pool
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.guards import GUARD_KINDS, load_guard
 from modeling_saferoute.inputs import encode_pairs
-from saferoute.config import parse_args
+from saferoute.config import parse_args, recorded_arguments
 
 from .guard_template import DEFAULT_POLICY, guard_chat_template
 from .sampling import BalancedSamplingMixin, TimeBudgetCallback, remove_checkpoints
@@ -317,7 +317,7 @@ def training_record(args, trainer, result, seconds, cpu_seconds, budget, train_d
         "stopped_early": bool(budget and budget.fired),
         "adapter_options": adapter_options(args),
         "val": val_metrics,
-        "arguments": {k: v for k, v in asdict(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
+        "arguments": recorded_arguments(args),
     }
 
 

@@ -24,7 +24,7 @@ import functools
 import json
 import logging
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
@@ -45,11 +45,11 @@ from evaluation.metrics import router_label
 from modeling_saferoute.guards import GUARD_KINDS, load_guard
 from modeling_saferoute.inputs import encode_pairs, length_sorted_batches
 from publishing.package import PackageArguments, load_student, package
-from saferoute.config import parse_args
+from saferoute.config import parse_args, recorded_arguments
 
 from .distill import INFO_FILE
-from .paraphrase import paraphrase
-from .router import fit_router
+from .paraphrase import paraphrase, paraphrase_pairs
+from .router import KEEP, OPTIMIZERS, fit_router
 
 logger = logging.getLogger(__name__)
 ROUTER_INFO_FILE = "router_info.json"
@@ -73,13 +73,17 @@ class TrainRouterArguments:
     large_guard_batch_size: int = field(default=8, metadata={"help": "Batch size of large-guard scoring."})
     bayesian: bool = field(default=False, metadata={"help": "Bayesian router (mean-field Gaussian weights; the posterior mean is exported)."})
     prior_sigma: float = field(default=0.1, metadata={"help": "Prior sigma of the Bayesian router."})
-    posterior_sigma_init: Optional[float] = field(default=1e-3, metadata={"help": "Initial posterior sigma of the Bayesian router (torchbnn starts at the prior sigma: on 1.5k rows that left the router near chance, val AUPRC .41 vs .78)."})
+    posterior_sigma_init: Optional[float] = field(default=1e-3, metadata={"help": "Initial posterior sigma of the Bayesian router; None: the prior sigma (torchbnn's and SafeRoute's: on 1.5k rows it left the router near chance here, val AUPRC .41 vs .78)."})
     kl_weight: float = field(default=0.01, metadata={"help": "Weight of the (per-parameter mean) KL term of the Bayesian router."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Learning rate."})
+    optimizer: str = field(default="adam", metadata={"help": "'adam' or 'adamw' (SafeRoute's code: AdamW, weight decay 0.01)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the optimizer."})
     batch_size: int = field(default=512, metadata={"help": "Router batch size (balanced sampling with replacement)."})
-    max_steps: int = field(default=500, metadata={"help": "Router optimizer steps."})
+    max_steps: int = field(default=500, metadata={"help": "Router optimizer steps (unless --num-epochs)."})
+    num_epochs: Optional[float] = field(default=None, metadata={"help": "Train for this many epochs of len(train) balanced draws instead of --max-steps (SafeRoute's code: 1000)."})
+    keep: str = field(default="best", metadata={"help": "'best' (the router with the best validation AUPRC of t) or 'final' (SafeRoute's code)."})
     warmup_steps: float = field(default=100, metadata={"help": "Warm-up steps (int) or ratio (< 1); above a fifth of the run it becomes a 0.1 ratio."})
-    eval_steps: int = field(default=25, metadata={"help": "Validate every N steps; the best router (validation AUPRC of t) is kept."})
+    eval_steps: int = field(default=25, metadata={"help": "Validate every N steps (with --keep best, the best router is kept)."})
     validation_size: float = field(default=0.1, metadata={"help": "Stratified validation share (threshold choice, best router)."})
     large_budget: Optional[float] = field(default=None, metadata={"help": "Choose the threshold so that at most this share of validation inputs goes to the large guard (else: best routed-system F1)."})
     router_threshold: Optional[float] = field(default=None, metadata={"help": "Fixed routing threshold (skips the choice on validation)."})
@@ -89,6 +93,7 @@ class TrainRouterArguments:
     paraphrases: int = field(default=0, metadata={"help": "LLM paraphrases per training-split example (labels copied, both guards re-run on them); 0: none."})
     paraphraser: str = field(default="bundled:smollm2-135m-instruct", metadata={"help": "Paraphrasing LLM with a chat template (path, Hub id or bundled: alias)."})
     paraphrase_backend: str = field(default="transformers", metadata={"help": "Generation backend of the paraphraser: 'transformers' or 'vllm' (optional dependency)."})
+    paraphrase_mode: str = field(default="prompt", metadata={"help": "'prompt' (each distinct prompt, one line, the response kept) or 'pair' (prompt and response paraphrased together, several lines each, as SafeRoute's code does)."})
     paraphrase_max_new_tokens: int = field(default=64, metadata={"help": "Token budget of one paraphrase (longer ones are cut)."})
     paraphrase_temperature: float = field(default=0.9, metadata={"help": "Sampling temperature of the paraphraser (0: greedy, every copy the same)."})
     paraphrase_top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling top-p of the paraphraser."})
@@ -106,6 +111,12 @@ class TrainRouterArguments:
         if self.paraphrase_backend not in BACKENDS:
             raise ValueError(f"--paraphrase-backend must be one of {sorted(BACKENDS)}, got {self.paraphrase_backend!r}.")
         self.source_weights = parse_weights(self.source_weights)
+        if self.paraphrase_mode not in ("prompt", "pair"):
+            raise ValueError(f"--paraphrase-mode must be 'prompt' or 'pair', got {self.paraphrase_mode!r}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}.")
+        if self.keep not in KEEP:
+            raise ValueError(f"--keep must be one of {KEEP}, got {self.keep!r}.")
 
 
 # -- features, rows and large-guard scores ------------------------------------------------------
@@ -185,29 +196,34 @@ def _load_guard_once(name, kind, revision, dtype, batch_size, max_length):
 def paraphrase_rows(args, rows, large_ref, model, tokenizer, max_length):
     """`--paraphrases N` rows of the router's training split: (table, features, stats).
 
-    N paraphrases of each distinct prompt of `rows` (every row with that prompt gets them; its
-    response is kept), the human label y copied, both guards re-run (student feature + P(unsafe),
-    large guard P(unsafe)) and t = router_label(...). `table`: id (of the source row), copy,
-    prompt, response, level, y, student_p, large_p, t; None (and features None) when every
+    Mode "prompt": N paraphrases of each distinct prompt of `rows` (every row with that prompt gets
+    them; its response is kept). Mode "pair": N paraphrases of each row's prompt and response
+    together. Either way the human label y is copied, both guards are re-run (student feature +
+    P(unsafe), large guard P(unsafe)) and t = router_label(...). `table`: id (of the source row),
+    copy, prompt, response, level, y, student_p, large_p, t; None (and features None) when every
     paraphrase was dropped.
     """
     check_large_guard(large_ref)  # before generating: the paraphrases must be scored by a model
     generator = load_generator(args.paraphraser, args.paraphrase_backend, batch_size=args.paraphrase_batch_size)
-    prompts = list(dict.fromkeys(rows["prompt"]))
-    texts, stats = paraphrase(
-        generator, prompts, args.paraphrases, args.seed, max_new_tokens=args.paraphrase_max_new_tokens,
-        temperature=args.paraphrase_temperature, top_p=args.paraphrase_top_p, batch_size=args.paraphrase_batch_size,
-    )
+    settings = dict(max_new_tokens=args.paraphrase_max_new_tokens, temperature=args.paraphrase_temperature,
+                    top_p=args.paraphrase_top_p, batch_size=args.paraphrase_batch_size)
+    if args.paraphrase_mode == "pair":
+        made, stats = paraphrase_pairs(generator, list(zip(rows["prompt"], rows["response"])), args.paraphrases, args.seed, **settings)
+        copies = [[(k, p) for k, p in enumerate(per_row) if p is not None] for per_row in made]
+        sources = len(rows)
+    else:
+        prompts = list(dict.fromkeys(rows["prompt"]))
+        texts, stats = paraphrase(generator, prompts, args.paraphrases, args.seed, **settings)
+        by_prompt = dict(zip(prompts, texts))
+        copies = [[(k, (text, row["response"])) for k, text in enumerate(by_prompt[row["prompt"]]) if text is not None] for row in rows]
+        sources = len(prompts)
     del generator
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    by_prompt = dict(zip(prompts, texts))
-    new = [
-        {"id": row["id"], "copy": k, "prompt": text, "response": row["response"], "level": row["level"], "y": int(row["y"])}
-        for row in rows for k, text in enumerate(by_prompt[row["prompt"]]) if text is not None
-    ]
-    stats = {"per_prompt": args.paraphrases, "paraphraser": args.paraphraser, "source_rows": len(rows), "source_prompts": len(prompts), **stats,
-             "rows": len(new)}
+    new = [{"id": row["id"], "copy": k, "prompt": prompt, "response": response, "level": row["level"], "y": int(row["y"])}
+           for row, row_copies in zip(rows, copies) for k, (prompt, response) in row_copies]
+    stats = {"mode": args.paraphrase_mode, "per_source": args.paraphrases, "paraphraser": args.paraphraser,
+             "source_rows": len(rows), "sources": sources, **stats, "rows": len(new)}
     logger.info("Paraphrases: %d of %d made (dropped %s); %d training rows.", stats["made"], stats["requested"], stats["dropped"], len(new))
     if not new:
         return None, None, {**stats, "positive_rate": None}
@@ -270,7 +286,7 @@ def _train_router(args):
         "examples": {"train": len(train_idx), "validation": len(val_idx), "train_paraphrases": 0 if para_table is None else len(para_table)},
         "positive_rate": float(np.mean(table["t"])), "large_guard": large_ref,
         "paraphrases": para_stats, "bayesian": args.bayesian, "metrics": metrics, "fit": fit,
-        "arguments": asdict(args),
+        "arguments": recorded_arguments(args),
     }
     (output / ROUTER_INFO_FILE).write_text(json.dumps(summary, indent=2, default=str))
     return {"output": output, "table": table, "paraphrase_table": para_table, **summary}

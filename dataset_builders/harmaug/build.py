@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from publishing.hub import push_folder
-from saferoute.config import parse_args
+from saferoute.config import parse_args, recorded_arguments
 
 from ..roles import STUDENT_ROLES, RoleTable, mixed_sample, parse_weights, rows_per_source
 from ..schema import data_dir, make_id
@@ -364,6 +364,7 @@ class CorpusBuild:
             stats = card.corpus_stats(splits["train"], args, counts, [r["instruction"] for r in kept],
                                       label.teacher_kind(args.teacher, args.teacher_kind), generation_meta)
             stats["roles"] = self.roles.record(STUDENT_ROLES + ("validation",))
+            stats["arguments"] = recorded_arguments(args)
             stats["splits"] = {name: len(part) for name, part in splits.items()}
             stats["seed_rows_per_source"] = {name: rows_per_source(self.seeds[name]) for name in SPLITS}
             write_corpus(output, splits, stats, args.rows_per_file, repo_id=args.push_to_hub, stats_path=self.work / "stats.json")
