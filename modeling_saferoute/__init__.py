@@ -14,6 +14,7 @@ REMOTE_CODE_FILES = (
     "modeling_saferoute.py",
     "pipeline_saferoute.py",
     "guards.py",
+    "guard_backends.py",
     "inputs.py",
     "bundled.py",
 )

@@ -3,7 +3,7 @@
 from transformers import AutoConfig, PretrainedConfig
 
 LABELS = {0: "safe", 1: "unsafe"}
-LARGE_GUARD_KEYS = ("name_or_path", "revision", "kind", "dtype", "max_length", "batch_size", "options")
+LARGE_GUARD_KEYS = ("name_or_path", "revision", "kind", "dtype", "max_length", "batch_size", "backend", "backend_options", "options")
 
 
 class SafeRouteConfig(PretrainedConfig):
@@ -18,7 +18,9 @@ class SafeRouteConfig(PretrainedConfig):
         max_input_length (`int`, optional): token budget of the pair encoding; default the encoder's
             maximum (not named `max_length`: transformers reserves that name for generation).
         large_guard (`dict`, optional): reference to the large guard: `name_or_path`, `revision`,
-            `kind` (a key of `guards.GUARD_KINDS`), `dtype`, `max_length`, `batch_size`, `options`.
+            `kind` (a key of `guards.GUARD_KINDS`), `dtype`, `max_length`, `batch_size`, `backend`
+            ("transformers", "vllm" or "openai_compatible") with its `backend_options` (e.g.
+            `base_url`), and adapter `options`.
     """
 
     model_type = "saferoute"

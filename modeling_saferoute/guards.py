@@ -6,7 +6,8 @@ evaluation and routed inference alike.
   position only: P(unsafe) = softmax([logit(safe_word), logit(unsafe_word)] / T)[1].
 - Sequence-classification guards: softmax(logits / T)[:, 1] on `tokenizer(prompt, response)`.
 
-Items are `{"prompt": str, "response": str | None}` dicts (see `inputs.normalize_input`).
+Items are any guard input form (see `inputs.normalize_input`): a causal-LM guard reads a whole
+conversation through its chat template, a sequence classifier the pair encoding of its last turns.
 """
 
 import contextlib
@@ -17,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from .bundled import resolve
-from .inputs import CHARS_PER_TOKEN_CAP, encode_pairs, length_sorted_batches, normalize_input, tokenizer_lock
+from .inputs import CHARS_PER_TOKEN_CAP, encode_pairs, length_sorted_batches, normalize_batch, tokenizer_lock, turns_of
 
 CUT_MARKER = " [...] "  # stands where the middle of an over-long message was cut
 
@@ -67,8 +68,8 @@ def resolve_autocast(autocast_dtype, device):
     if autocast_dtype in (None, "none", "float32", torch.float32):
         return None
     dtype = resolve_dtype(autocast_dtype)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"autocast_dtype must be 'auto', 'none' or a dtype, got {autocast_dtype!r}.")
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"autocast_dtype must be 'auto', 'none', 'float32', 'bfloat16' or 'float16', got {autocast_dtype!r}.")
     return dtype
 
 
@@ -100,7 +101,7 @@ class Guard:
     def __init__(self, model, tokenizer, batch_size=16, max_length=2048, temperature=1.0, autocast_dtype="auto"):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
-        self.model = model.eval()
+        self.model = model.eval() if model is not None else None  # None: the model runs elsewhere (vLLM, a server)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.max_length = max_length
@@ -109,27 +110,27 @@ class Guard:
 
     @property
     def device(self):
-        return next(self.model.parameters()).device
+        return next(self.model.parameters()).device if self.model is not None else torch.device("cpu")
 
     @property
     def autocast(self):
         """The autocast dtype of scoring (None: the weights' own dtype); only float32 weights are autocast."""
-        if next(self.model.parameters()).dtype != torch.float32:
+        if self.model is None or next(self.model.parameters()).dtype != torch.float32:
             return None
         return resolve_autocast(self.autocast_dtype, self.device)
 
     @property
     def compute_dtype(self):
-        """The dtype the matrix multiplies run in (recorded with the scores it produced)."""
-        return self.autocast or next(self.model.parameters()).dtype
+        """The dtype the matrix multiplies run in (recorded with the scores it produced), None when remote."""
+        return self.autocast or (next(self.model.parameters()).dtype if self.model is not None else None)
 
     def _lengths(self, items):
-        return [len(it["prompt"]) + len(it["response"] or "") for it in items]
+        return [len(it["prompt"]) + len(it["response"] or "") + sum(len(t) for _, t in it["context"]) for it in items]
 
     def score(self, items, batch_size=None, show_progress=False, return_truncated=False):
         """P(unsafe) for each item, in input order, as a list of floats; with `return_truncated`,
         also a list saying which items were cut to fit `max_length`."""
-        items = [normalize_input(it) for it in items]
+        items = normalize_batch(items)
         batches = length_sorted_batches(self._lengths(items), batch_size or self.batch_size)
         scores, truncated = [math.nan] * len(items), [False] * len(items)
         with torch.inference_mode(), autocast_context(self.device, self.autocast):
@@ -203,12 +204,15 @@ class CausalLMGuard(Guard):
         chat_template_kwargs=None,
         content_as_parts=False,
         max_content_tokens=1024,
+        verdicts=None,
         **kwargs,
     ):
         super().__init__(model, tokenizer, **kwargs)
+        # (token id lists, verdict ids) -> (batch, 2) logits or logprobs; default: this process's model
+        self.verdicts = verdicts or self._transformers_verdicts
         if tokenizer.chat_template is None:
-            raise ValueError(f"Causal-LM guard {model.name_or_path!r} has no chat template in its tokenizer.")
-        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+            raise ValueError(f"Causal-LM guard {tokenizer.name_or_path!r} has no chat template in its tokenizer.")
+        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) if model is not None else None
         if limit and limit < self.max_length:
             self.max_length = limit
         safe_word, unsafe_word = verdict_words
@@ -266,7 +270,7 @@ class CausalLMGuard(Guard):
 
     def _fit(self, item):
         """(turns, rendered text, token ids, truncated): the conversation within `max_length` tokens."""
-        turns = [("user", item["prompt"])] + ([("assistant", item["response"])] if item["response"] else [])
+        turns = turns_of(item)
         truncated = False
         clipped = []
         for role, text in turns:
@@ -302,7 +306,10 @@ class CausalLMGuard(Guard):
             return self._fit(item)[1]
 
     def verdict_logits(self, token_ids):
-        """(batch, 2) logits of the first tokens of (safe_word, unsafe_word) after each token list."""
+        """(batch, 2) logits (or logprobs) of the first tokens of (safe_word, unsafe_word) after each token list."""
+        return self.verdicts(token_ids, self.verdict_ids)
+
+    def _transformers_verdicts(self, token_ids, verdict_ids):
         with tokenizer_lock(self.tokenizer):
             batch = self.tokenizer.pad({"input_ids": token_ids}, padding=True, return_tensors="pt")
         batch = batch.to(self.device)
@@ -310,7 +317,7 @@ class CausalLMGuard(Guard):
             logits = self.model(**batch, logits_to_keep=1).logits[:, -1]
         except TypeError:  # models without logits_to_keep
             logits = self.model(**batch).logits[:, -1]
-        return logits[:, self.verdict_ids].float()
+        return logits[:, verdict_ids].float()
 
     def _score_batch(self, items):
         with tokenizer_lock(self.tokenizer):
@@ -356,22 +363,57 @@ GUARD_KINDS = {
 }
 
 
-def load_guard(name_or_path, kind, revision=None, dtype=None, device=None, trust_remote_code=False, **options):
+BACKENDS = ("transformers", "vllm", "openai_compatible")
+
+
+def _position_limit(path, revision=None, trust_remote_code=False):
+    """The model's max_position_embeddings from its config, or None when the config is not at hand."""
+    from transformers import AutoConfig
+
+    try:
+        return getattr(AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code), "max_position_embeddings", None)
+    except Exception:  # a served model whose config is not available here: the server enforces its own limit
+        return None
+
+
+def load_guard(name_or_path, kind, revision=None, dtype=None, device=None, trust_remote_code=False, backend="transformers",
+               backend_options=None, **options):
     """Load a guard by local path, Hub id or `bundled:` alias and wrap it in its adapter.
 
-    `options` go to the adapter (`batch_size`, `max_length`, `temperature`, `verdict_words`...).
-    Raises `ValueError` for an unknown kind and `OSError` naming the model when loading fails.
+    `backend`: where a causal-LM guard runs: "transformers" (this process), "vllm" (in-process
+    vLLM; `backend_options` go to `vllm.LLM`) or "openai_compatible" (a served model:
+    `backend_options` base_url, served_model (default the name), api_key_env, timeout, max_retries,
+    concurrency, request_batch). The guard is rendered and fitted by this adapter whatever the
+    backend; remote backends load its tokenizer only. `options` go to the adapter (`batch_size`,
+    `max_length`, `temperature`, `verdict_words`...). Raises `ValueError` for an unknown kind or
+    backend and `OSError` naming the model when loading fails.
     """
     if kind not in GUARD_KINDS:
         raise ValueError(f"Unknown guard kind {kind!r}; choose one of {sorted(GUARD_KINDS)}.")
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown guard backend {backend!r}; choose one of {list(BACKENDS)}.")
     adapter_cls, auto_cls = GUARD_KINDS[kind]
+    if backend != "transformers" and not issubclass(adapter_cls, CausalLMGuard):
+        raise ValueError(f"Backend {backend!r} serves causal-LM guards; a {kind} guard runs with backend 'transformers'.")
     path = resolve(name_or_path)
+    backend_options = dict(backend_options or {})
+    options = {k: v for k, v in options.items() if v is not None}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
-        model = auto_cls.from_pretrained(
-            path, revision=revision, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
-        )
+        tokenizer = AutoTokenizer.from_pretrained(backend_options.pop("tokenizer", path), revision=revision,
+                                                  trust_remote_code=trust_remote_code)
+        if backend == "transformers":
+            model = auto_cls.from_pretrained(path, revision=revision, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code)
+            return adapter_cls(model.to(resolve_device(device)), tokenizer, **options)
     except Exception as err:  # the message must name the model the user configured
         raise OSError(f"Could not load the {kind} guard {name_or_path!r} (revision {revision}): {err}") from err
-    options = {k: v for k, v in options.items() if v is not None}
-    return adapter_cls(model.to(resolve_device(device)), tokenizer, **options)
+    from .guard_backends import ServedVerdicts, VLLMVerdicts
+
+    limit = _position_limit(path, revision, trust_remote_code)
+    if limit:  # the adapter fits its prompts within the served model's positions too
+        options["max_length"] = min(options.get("max_length", limit - 1), limit - 1)
+    if backend == "vllm":
+        max_model_len = backend_options.pop("max_model_len", (options.get("max_length") or 2048) + 1)  # + the verdict token
+        verdicts = VLLMVerdicts(path, dtype=dtype or "auto", max_model_len=max_model_len, **backend_options)
+    else:
+        verdicts = ServedVerdicts(model=backend_options.pop("served_model", name_or_path), **backend_options)
+    return adapter_cls(None, tokenizer, verdicts=verdicts, **options)

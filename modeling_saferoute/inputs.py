@@ -1,27 +1,112 @@
 """Validation and encoding of guard inputs, shared by the pipeline, the student and the guard adapters.
 
-A guard input is a `{"prompt": str, "response": str | None}` dict; `response` None means a
-prompt-only (prompt-harmfulness) item.
+A guard input is normalized to `{"prompt": str, "response": str | None, "context": tuple,
+"judged_turn": int, "repaired": bool}`:
+
+- a str: a prompt-only item (the prompt is judged);
+- `{"text"[, "text_pair"]}` (transformers' pair convention) or `{"prompt"[, "response"]}`
+  (WildGuard's): a prompt, and the response to judge if there is one;
+- a conversation: a list of `{"role", "content"}` messages (roles user / assistant, alternating,
+  starting with user; system messages are dropped), or `{"messages": [...]}`. The last turn is
+  judged: a final assistant turn is the response, the user turn before it the prompt; a final
+  user turn is a prompt-only item. The earlier turns are the `context` ((role, text) pairs): the
+  large guard reads the whole conversation through its chat template, the student reads the
+  context turns that fit its token budget, most recent first, before the prompt
+  (`encode_pairs`). `judged_turn` is the index of the judged message (in the messages given).
+
+Text that cannot be encoded (lone UTF-16 surrogates, which valid JSON can carry) is repaired by
+replacing each with U+FFFD, and the item is marked `repaired`. Anything else that is not a valid
+input raises `ValueError` naming the problem (and the message index within a conversation).
 """
 
 import contextlib
+import re
 import threading
 import weakref
 from typing import Any
 
 ACCEPTED_KEY_SETS = ({"text"}, {"text", "text_pair"}, {"prompt"}, {"prompt", "response"})
+ROLES = ("user", "assistant")
+SURROGATE = re.compile("[\ud800-\udfff]")
 # A token rarely spans more than this many characters; texts are cut here before tokenizing so
 # that a 1,000,000-character input costs no more than a long one.
 CHARS_PER_TOKEN_CAP = 32
+CONTEXT_NAMES = {"user": "User", "assistant": "Assistant"}
+
+
+def is_conversation(value) -> bool:
+    """A list of message dicts (each with a "role"), or `{"messages": [...]}`."""
+    if isinstance(value, dict):
+        return set(value) == {"messages"}
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(m, dict) and "role" in m for m in value)
+
+
+def _repair(text):
+    """(text with lone surrogates replaced by U+FFFD, whether anything was replaced)."""
+    if SURROGATE.search(text):
+        return SURROGATE.sub("\ufffd", text), True
+    return text, False
+
+
+def _text(value, what):
+    if isinstance(value, (bytes, bytearray)):
+        raise ValueError(f"Guard input {what} is bytes; decode it to str first.")
+    if not isinstance(value, str):
+        raise ValueError(f"Guard input {what} must be a str, got {type(value).__name__}.")
+    return _repair(value)
+
+
+def _conversation(messages):
+    """(prompt, response, context, judged_turn, repaired) of a list of messages."""
+    turns, repaired = [], False
+    for k, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise ValueError(f"Conversation message {k} must be a dict with 'role' and 'content', got {message!r:.80}.")
+        role = message["role"]
+        if role == "system":
+            continue
+        if role not in ROLES:
+            raise ValueError(f"Conversation message {k} has role {role!r}; expected 'user', 'assistant' or 'system'.")
+        content = message["content"]
+        if isinstance(content, list):  # [{"type": "text", "text": ...}] parts
+            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+                raise ValueError(f"Conversation message {k} has non-text content parts; only text can be judged.")
+            content = "".join(str(p.get("text", "")) for p in content)
+        text, fixed = _text(content, f"message {k} content")
+        repaired |= fixed
+        if not text.strip():
+            raise ValueError(f"Conversation message {k} ({role}) has empty content.")
+        if turns and turns[-1][1] == role:
+            raise ValueError(f"Conversation message {k} is a second {role} turn in a row; roles must alternate.")
+        if not turns and role != "user":
+            raise ValueError(f"Conversation message {k} is an {role} turn before any user turn; it must start with the user.")
+        turns.append((k, role, text))
+    if not turns:
+        raise ValueError("The conversation has no user turn.")
+    if turns[-1][1] == "assistant":
+        (_, _, prompt), (judged, _, response) = turns[-2], turns[-1]
+        context = turns[:-2]
+    else:
+        judged, _, prompt = turns[-1]
+        response, context = None, turns[:-1]
+    return prompt, response, tuple((role, text) for _, role, text in context), judged, repaired
 
 
 def normalize_input(item: Any) -> dict:
-    """Return `{"prompt", "response"}` for a str, `{"text", "text_pair"}` or `{"prompt", "response"}`.
-
-    Raises `ValueError` naming the problem for anything else.
-    """
+    """The normalized form (see the module docstring) of one guard input; `ValueError` naming the
+    problem for anything that is not one. An item already normalized passes through."""
     if item is None:
-        raise ValueError("Guard input is None; expected a string or a dict with 'prompt' (and 'response').")
+        raise ValueError("Guard input is None; expected a string, a dict with 'prompt' (and 'response') or a conversation.")
+    if isinstance(item, (bytes, bytearray)):
+        raise ValueError("Guard input is bytes; decode it to str first.")
+    if isinstance(item, dict) and "judged_turn" in item and "context" in item:
+        return item
+    if is_conversation(item):
+        messages = item["messages"] if isinstance(item, dict) else item
+        if not isinstance(messages, (list, tuple)) or not messages:
+            raise ValueError("Guard input 'messages' must be a non-empty list of {'role', 'content'} messages.")
+        prompt, response, context, judged, repaired = _conversation(messages)
+        return {"prompt": prompt, "response": response, "context": context, "judged_turn": judged, "repaired": repaired}
     if isinstance(item, str):
         prompt, response = item, None
     elif isinstance(item, dict):
@@ -31,21 +116,38 @@ def normalize_input(item: Any) -> dict:
                 raise ValueError(f"Guard input has a response but no prompt (keys {sorted(keys)}).")
             raise ValueError(
                 f"Guard input dict has keys {sorted(keys)}; expected one of "
-                "{'text'}, {'text', 'text_pair'}, {'prompt'}, {'prompt', 'response'}."
+                "{'text'}, {'text', 'text_pair'}, {'prompt'}, {'prompt', 'response'} or {'messages'}."
             )
         prompt = item.get("prompt", item.get("text"))
         response = item.get("response", item.get("text_pair"))
     else:
-        raise ValueError(f"Guard input must be a str or a dict, got {type(item).__name__}.")
-    if not isinstance(prompt, str):
-        raise ValueError(f"Guard input prompt must be a str, got {type(prompt).__name__}.")
+        raise ValueError(f"Guard input must be a str, a dict or a conversation (list of messages), got {type(item).__name__}.")
+    prompt, repaired = _text(prompt, "prompt")
     if not prompt.strip():
         raise ValueError("Guard input prompt is empty.")
-    if response is not None and not isinstance(response, str):
-        raise ValueError(f"Guard input response must be a str or None, got {type(response).__name__}.")
-    if response is not None and not response.strip():
-        response = None
-    return {"prompt": prompt, "response": response}
+    if response is not None:
+        response, fixed = _text(response, "response")
+        repaired |= fixed
+        if not response.strip():
+            response = None
+    return {"prompt": prompt, "response": response, "context": (), "judged_turn": 0 if response is None else 1, "repaired": repaired}
+
+
+def normalize_batch(items):
+    """`normalize_input` of each item; a bad one raises `ValueError` naming its index."""
+    out = []
+    for i, item in enumerate(items):
+        try:
+            out.append(normalize_input(item))
+        except ValueError as err:
+            raise ValueError(f"Input {i}: {err}") from None
+    return out
+
+
+def turns_of(item):
+    """The (role, text) turns a guard reads: the context, the prompt, and the response if any."""
+    item = normalize_input(item)
+    return list(item["context"]) + [("user", item["prompt"])] + ([("assistant", item["response"])] if item["response"] else [])
 
 
 _TOKENIZER_LOCKS = {}  # id(tokenizer) -> its lock, dropped when the tokenizer is collected
@@ -74,22 +176,45 @@ def cap_chars(text, max_tokens):
     return (text[:limit], True) if len(text) > limit else (text, False)
 
 
+def _with_context(tokenizer, item, max_length):
+    """The prompt text the student reads: the context turns that fit `max_length` tokens with the
+    pair, most recent first, rendered "User: ...\\nAssistant: ...\\n" before the prompt."""
+    if not item.get("context"):
+        return item["prompt"]
+    response = item["response"]
+
+    def size(prompt):
+        args = (prompt,) + ((response,) if response is not None else ())
+        return len(tokenizer(*args, truncation=False, verbose=False)["input_ids"])
+
+    prompt = item["prompt"]
+    for role, text in reversed(item["context"]):
+        text, _ = cap_chars(text, max_length)
+        candidate = f"{CONTEXT_NAMES[role]}: {text}\n{prompt}"
+        if size(candidate) > max_length:
+            break
+        prompt = candidate
+    return prompt
+
+
 def encode_pairs(tokenizer, items, max_length):
-    """Tokenize guard inputs as `tokenizer(prompt, response)` within `max_length` tokens.
+    """Tokenize guard inputs as `tokenizer(prompt, response)` within `max_length` tokens (a
+    conversation's context turns first, as many as fit, see `_with_context`).
 
     Over-long pairs are cut with the "longest_first" strategy, so both prompt and response stay
     represented. Returns `(input_ids_list, truncated_list)`; no padding.
     """
+    items = [normalize_input(it) for it in items]
     prompts, responses, cut = [], [], []
-    for item in items:
-        prompt, cut_p = cap_chars(item["prompt"], max_length)
-        response, cut_r = cap_chars(item["response"], max_length)
-        prompts.append(prompt)
-        responses.append(response)
-        cut.append(cut_p or cut_r)
-    encodings = [None] * len(items)
-    truncated = list(cut)
     with tokenizer_lock(tokenizer):
+        for item in items:
+            prompt, cut_p = cap_chars(_with_context(tokenizer, item, max_length), max_length)
+            response, cut_r = cap_chars(item["response"], max_length)
+            prompts.append(prompt)
+            responses.append(response)
+            cut.append(cut_p or cut_r)
+        encodings = [None] * len(items)
+        truncated = list(cut)
         _encode_groups(tokenizer, prompts, responses, max_length, encodings, truncated)
     return encodings, truncated
 
@@ -113,6 +238,30 @@ def _encode_groups(tokenizer, prompts, responses, max_length, encodings, truncat
         for j, i in enumerate(idx):
             encodings[i] = {key: full[key][j] for key in full}
             truncated[i] = truncated[i] or j in too_long_set
+
+
+def windows(tokenizer, item, max_length, overlap=0.25, max_windows=4096):
+    """The item split for `long_inputs="chunk"`: when it does not fit `max_length` tokens, its
+    response (or, for a prompt-only item, its prompt) cut into windows that overlap by `overlap`
+    of their length, each a full item with the rest of the input; else [item]."""
+    item = normalize_input(item)
+    long_field = "response" if item["response"] is not None else "prompt"
+    with tokenizer_lock(tokenizer):
+        encoded, _ = encode_pairs(tokenizer, [item], 10**9)
+        if len(encoded[0]["input_ids"]) <= max_length:
+            return [item]
+        other = {**item, long_field: "x"} if long_field == "response" else {**item, "prompt": "x", "context": ()}
+        overhead = len(encode_pairs(tokenizer, [other], 10**9)[0][0]["input_ids"]) - 1
+        ids = tokenizer(item[long_field], add_special_tokens=False, verbose=False)["input_ids"]
+    size = max_length - overhead
+    if size < 8:
+        return [item]  # the rest of the input fills the budget: nothing to window, truncate instead
+    step = max(1, int(size * (1 - overlap)))
+    starts = list(range(0, max(len(ids) - size, 0) + 1, step))
+    if starts[-1] + size < len(ids):
+        starts.append(len(ids) - size)
+    starts = starts[:max_windows]
+    return [{**item, long_field: tokenizer.decode(ids[s : s + size])} for s in starts]
 
 
 def length_sorted_batches(lengths, batch_size):

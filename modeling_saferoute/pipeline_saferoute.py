@@ -2,29 +2,51 @@
 
 `pipeline("text-classification", model=DIR, trust_remote_code=True)` picks this class through
 `custom_pipelines` in the folder's config.json. Inputs: a str, `{"text", "text_pair"}`,
-`{"prompt", "response"}`, or a list of these. Each result has the stock `label` / `score` plus
-`unsafe_score`, `student_unsafe_score`, `router_score`, `routed`, `decided_by` and `truncated`.
+`{"prompt", "response"}`, a conversation (a list of `{"role", "content"}` messages, or
+`{"messages": [...]}`), or a list of these (see `inputs.normalize_input`). Each result has the
+stock `label` / `score` plus `unsafe_score`, `student_unsafe_score`, `router_score`, `routed`,
+`decided_by`, `truncated`, `judged_turn`, `windows` and `repaired`.
+
+One pipeline object may be called from many threads at once: a call keeps its state in its own
+locals, the model's forward passes the router feature per thread, tokenizer calls hold the
+tokenizer's lock, and the large guard is loaded once under a lock.
 """
 
-import contextlib
 import threading
+import time
 
 import torch
 from transformers import Pipeline
 
-from .guards import load_guard
-from .inputs import encode_pairs, length_sorted_batches, normalize_input
+from .guards import autocast_context, load_guard, resolve_autocast
+from .inputs import encode_pairs, is_conversation, length_sorted_batches, normalize_batch, windows
 
 ROUTE_MODES = ("auto", "never", "always")
+LONG_INPUTS = ("truncate", "chunk")
+ON_LARGE_GUARD_ERROR = ("raise", "student", "unsafe")
 DEFAULT_BATCH_SIZE = 32
 
 
 class SafeRoutePipeline(Pipeline):
     """Student guard + router; inputs the router flags go to the large guard, loaded on first use.
 
-    Call options: `threshold` (P(unsafe) above it is "unsafe"), `router_threshold` (route when the
-    router score is above it), `route` ("auto" | "never" | "always"), `batch_size`, and
-    `autocast_dtype` (e.g. `torch.bfloat16` for bf16 autocast of the student).
+    Call options:
+        threshold: P(unsafe) above it is "unsafe" (default: the model's, 0.5).
+        router_threshold: route when the router score is above it (default: the model's).
+        route: "auto" (the router decides), "never" (student only) or "always" (large guard only).
+        batch_size: inputs per student forward (default 32).
+        autocast_dtype: "auto" (bf16 where the device multiplies bf16 natively: AMX / AVX512-BF16
+            CPUs, bf16 GPUs; float32 elsewhere), "none" / "float32", or a dtype.
+        long_inputs: "truncate" (cut to the student's budget, keeping prompt and response) or
+            "chunk" (overlapping windows of the response, or of a prompt-only input, each scored with
+            the rest; P(unsafe) is the highest window's, the router reads that window).
+        on_large_guard_error: what a routed input gets when the large guard fails (a served one down
+            or too slow): "raise" (default), "student" (the student's verdict, `decided_by`
+            "student_fallback") or "unsafe" (fail closed, `decided_by` "fail_closed"); the error
+            message is in `large_guard_error`.
+        large_guard_batch_size: routed inputs per large-guard call (default: its own batch size).
+        timings: a dict that the call fills with seconds spent per part (tokenize, student,
+            large_guard, total): where a routed call spends its time.
     """
 
     def __init__(self, *args, large_guard=None, **kwargs):
@@ -49,98 +71,176 @@ class SafeRoutePipeline(Pipeline):
         if not ref.get("name_or_path") or not ref.get("kind"):
             raise ValueError("This SafeRoute model has no large guard configured (config.large_guard).")
         name, kind = ref.pop("name_or_path"), ref.pop("kind")
-        options = ref.pop("options", None) or {}
+        options = dict(ref.pop("options", None) or {})
+        options.setdefault("autocast_dtype", self._forward_params.get("autocast_dtype", "auto"))  # the pipeline's precision
+        device = self.device if ref.get("backend", "transformers") == "transformers" else None
         try:
-            return load_guard(name, kind, device=self.device, **ref, **options)
+            return load_guard(name, kind, device=device, **ref, **options)
         except Exception as err:
             raise RuntimeError(
                 f"Inputs were routed to the large guard {name!r} (kind {kind!r}) but it could not be "
                 f"loaded: {err}. Pass route='never' to use the student alone."
             ) from err
 
-    # -- Pipeline API (each stage works on one batch) -------------------------------------------
-    def _sanitize_parameters(self, threshold=None, router_threshold=None, route=None, autocast_dtype=None, **kwargs):
-        forward, post = {}, {}
+    # -- options ------------------------------------------------------------------------------
+    def _sanitize_parameters(self, threshold=None, router_threshold=None, route=None, autocast_dtype=None, long_inputs=None,
+                             on_large_guard_error=None, large_guard_batch_size=None, timings=None, **kwargs):
+        pre, forward, post = {}, {}, {}
+        for name, value in (("threshold", threshold), ("router_threshold", router_threshold)):
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+                    raise ValueError(f"{name} must be a number in [0, 1], got {value!r}.")
+                post[name] = float(value)
+        for name, value, allowed, target in (("route", route, ROUTE_MODES, post), ("long_inputs", long_inputs, LONG_INPUTS, pre),
+                                             ("on_large_guard_error", on_large_guard_error, ON_LARGE_GUARD_ERROR, post)):
+            if value is not None:
+                if value not in allowed:
+                    raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
+                target[name] = value
         if autocast_dtype is not None:
+            resolve_autocast(autocast_dtype, "cpu")  # refuses what is not a dtype
             forward["autocast_dtype"] = autocast_dtype
-        if threshold is not None:
-            post["threshold"] = float(threshold)
-        if router_threshold is not None:
-            post["router_threshold"] = float(router_threshold)
-        if route is not None:
-            if route not in ROUTE_MODES:
-                raise ValueError(f"route must be one of {ROUTE_MODES}, got {route!r}.")
-            post["route"] = route
-        return {}, forward, post
+        if large_guard_batch_size is not None:
+            post["large_guard_batch_size"] = _positive_int("large_guard_batch_size", large_guard_batch_size)
+        if timings is not None:
+            if not isinstance(timings, dict):
+                raise ValueError(f"timings must be a dict to fill, got {type(timings).__name__}.")
+            post["timings"] = timings
+        return pre, forward, post
 
+    # -- the stages of one student batch ------------------------------------------------------------
     def preprocess(self, items):
         encodings, truncated = encode_pairs(self.tokenizer, items, self.model.max_length)
         return {"batch": self.tokenizer.pad(encodings, return_tensors="pt"), "truncated": truncated}
 
-    def _forward(self, model_inputs, autocast_dtype=None):
-        autocast = (
-            torch.autocast(self.device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-        )
-        with autocast:
+    def _forward(self, model_inputs, autocast_dtype="auto"):
+        with autocast_context(self.device, resolve_autocast(autocast_dtype, self.device)):
             out = self.model(**model_inputs["batch"])
         return {
-            "student_unsafe_score": torch.softmax(out.logits.float(), dim=-1)[:, 1],
-            "router_score": torch.sigmoid(out.router_logits.float()),
-            "truncated": model_inputs["truncated"],
+            "student_unsafe_score": torch.softmax(out.logits.float(), dim=-1)[:, 1].tolist(),
+            "router_score": torch.sigmoid(out.router_logits.float()).tolist(),
         }
 
-    def postprocess(self, model_outputs, threshold=None, router_threshold=None, route="auto"):
-        """Turn per-input student scores (lists) into results, sending the routed inputs to the large guard."""
-        config = self.model.config
-        threshold = config.threshold if threshold is None else threshold
-        router_threshold = config.router_threshold if router_threshold is None else router_threshold
-        student, router = model_outputs["student_unsafe_score"], model_outputs["router_score"]
-        if route == "auto":
-            routed = [r > router_threshold for r in router]
-        else:
-            routed = [route == "always"] * len(student)
-        large, large_cut = {}, {}
-        routed_idx = [i for i, r in enumerate(routed) if r]
-        if routed_idx:
-            items = model_outputs["items"]
-            scores, cut = self.large_guard.score([items[i] for i in routed_idx], return_truncated=True)
-            large, large_cut = dict(zip(routed_idx, scores)), dict(zip(routed_idx, cut))
-        results = []
-        for i, (s, r) in enumerate(zip(student, router)):
-            unsafe = large.get(i, s)
-            label = "unsafe" if unsafe > threshold else "safe"
-            results.append(
-                {
-                    "label": label,
-                    "score": unsafe if label == "unsafe" else 1.0 - unsafe,
-                    "unsafe_score": unsafe,
-                    "student_unsafe_score": s,
-                    "router_score": r,
-                    "routed": routed[i],
-                    "decided_by": "large_guard" if routed[i] else "student",
-                    "truncated": model_outputs["truncated"][i] or large_cut.get(i, False),
-                }
-            )
-        return results
+    def postprocess(self, model_outputs, **kwargs):
+        return model_outputs
 
+    # -- one call ------------------------------------------------------------------------------------
     def __call__(self, inputs, batch_size=None, **kwargs):
-        """Classify one input or a list; batches are sorted by length so padding stays small."""
-        single = isinstance(inputs, (str, dict)) or not hasattr(inputs, "__iter__")
+        """Classify one input or a list of inputs (see the class docstring for the options)."""
+        if isinstance(inputs, (bytes, bytearray)):
+            raise ValueError("Guard input is bytes; decode it to str first.")
+        single = isinstance(inputs, (str, dict)) or is_conversation(inputs) or not hasattr(inputs, "__iter__")
         raw = [inputs] if single else list(inputs)  # lists, tuples, datasets, generators
-        items = [normalize_input(x) for x in raw]
-        _, forward_params, post_params = self._sanitize_parameters(**kwargs)
-        forward_params = {**self._forward_params, **forward_params}
-        post_params = {**self._postprocess_params, **post_params}
-        batch_size = batch_size or self._batch_size or DEFAULT_BATCH_SIZE
-        lengths = [len(it["prompt"]) + len(it["response"] or "") for it in items]
-        # Per-input lists in input order; each batch's forward fills its own positions.
-        model_outputs = {key: [None] * len(items) for key in ("student_unsafe_score", "router_score", "truncated")}
-        for batch in length_sorted_batches(lengths, batch_size):
-            out = self.forward(self.preprocess([items[i] for i in batch]), **forward_params)
-            for key, column in model_outputs.items():
-                values = out[key].tolist() if torch.is_tensor(out[key]) else out[key]
-                for i, v in zip(batch, values):
-                    column[i] = v
-        model_outputs["items"] = items
-        results = self.postprocess(model_outputs, **post_params)
+        pre, forward, post = self._sanitize_parameters(**kwargs)
+        pre, forward, post = {**self._preprocess_params, **pre}, {**self._forward_params, **forward}, {**self._postprocess_params, **post}
+        batch_size = _positive_int("batch_size", batch_size if batch_size is not None else self._batch_size or DEFAULT_BATCH_SIZE)
+        results = _Call(self, normalize_batch(raw), batch_size, pre, forward, post).run()
         return results[0] if single else results
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    return value
+
+
+class _Call:
+    """The state of one pipeline call (never shared between calls): student batches in length
+    order; an input's routed verdict is asked of the large guard as soon as its last window is
+    scored, a large-guard batch at a time."""
+
+    def __init__(self, pipe, items, batch_size, pre, forward, post):
+        self.pipe, self.items, self.batch_size, self.forward, self.post = pipe, items, batch_size, forward, post
+        config = pipe.model.config
+        self.threshold = post.get("threshold", config.threshold)
+        self.router_threshold = post.get("router_threshold", config.router_threshold)
+        self.route = post.get("route", "auto")
+        self.on_error = post.get("on_large_guard_error", "raise")
+        self.timings = post.get("timings")
+        self.clock = {"tokenize": 0.0, "student": 0.0, "large_guard": 0.0}
+        chunk = pre.get("long_inputs", "truncate") == "chunk"
+        tokenizer = pipe.tokenizer
+        start = time.perf_counter()
+        self.units = [(i, w) for i, item in enumerate(items) for w in (windows(tokenizer, item, pipe.model.max_length) if chunk else [item])]
+        self.clock["tokenize"] += time.perf_counter() - start
+        self.left = [0] * len(items)
+        for i, _ in self.units:
+            self.left[i] += 1
+        self.windows = list(self.left)
+        self.best = [None] * len(items)  # (student P, router score, truncated) of the deciding window
+        self.results = [None] * len(items)
+        self.queue = []
+        self.large_batch = post.get("large_guard_batch_size")
+
+    def run(self):
+        start = time.perf_counter()
+        lengths = [len(u["prompt"]) + len(u["response"] or "") for _, u in self.units]
+        for batch in length_sorted_batches(lengths, self.batch_size):
+            units = [self.units[k] for k in batch]
+            t0 = time.perf_counter()
+            model_inputs = self.pipe.preprocess([u for _, u in units])
+            t1 = time.perf_counter()
+            out = self.pipe.forward(model_inputs, **self.forward)
+            t2 = time.perf_counter()
+            self.clock["tokenize"] += t1 - t0
+            self.clock["student"] += t2 - t1
+            for (i, _), p, r, cut in zip(units, out["student_unsafe_score"], out["router_score"], model_inputs["truncated"]):
+                if self.best[i] is None or p > self.best[i][0]:
+                    self.best[i] = (p, r, cut)
+                self.left[i] -= 1
+                if self.left[i] == 0:
+                    self._decide(i)
+            if self.large_batch and len(self.queue) >= self.large_batch:
+                self._ask_large_guard()
+        self._ask_large_guard()
+        if self.timings is not None:
+            total = time.perf_counter() - start
+            self.timings.update({k: self.timings.get(k, 0.0) + v for k, v in self.clock.items()})
+            self.timings["total"] = self.timings.get("total", 0.0) + total
+            self.timings["calls"] = self.timings.get("calls", 0) + 1
+        return self.results
+
+    def _decide(self, i):
+        p, r, cut = self.best[i]
+        routed = r > self.router_threshold if self.route == "auto" else self.route == "always"
+        self.results[i] = {"student_unsafe_score": p, "router_score": r, "routed": routed, "truncated": cut,
+                           "judged_turn": self.items[i]["judged_turn"], "windows": self.windows[i], "repaired": self.items[i]["repaired"]}
+        if routed:
+            self.queue.append(i)
+            if self.large_batch is None and len(self.queue) >= self._large_guard_batch_size():
+                self._ask_large_guard()
+        else:
+            self._finish(i, p, "student")
+
+    def _large_guard_batch_size(self):
+        return self.large_batch or getattr(self.pipe.large_guard, "batch_size", 16)
+
+    def _ask_large_guard(self):
+        if not self.queue:
+            return
+        queue, self.queue = self.queue, []
+        start = time.perf_counter()
+        try:
+            scores, cut = self.pipe.large_guard.score([self.items[i] for i in queue], return_truncated=True)
+        except Exception as err:
+            if self.on_error == "raise" or isinstance(err, ValueError):  # a bad input is the caller's error, never a fallback
+                raise
+            message = f"{type(err).__name__}: {err}"
+            for i in queue:
+                self.results[i]["large_guard_error"] = message
+                if self.on_error == "student":
+                    self._finish(i, self.results[i]["student_unsafe_score"], "student_fallback")
+                else:
+                    self._finish(i, 1.0, "fail_closed")
+            return
+        finally:
+            self.clock["large_guard"] += time.perf_counter() - start
+        for i, p, c in zip(queue, scores, cut):
+            self.results[i]["truncated"] = self.results[i]["truncated"] or c
+            self._finish(i, p, "large_guard")
+
+    def _finish(self, i, unsafe, decided_by):
+        label = "unsafe" if unsafe > self.threshold else "safe"
+        result = self.results[i]
+        ordered = {"label": label, "score": unsafe if label == "unsafe" else 1.0 - unsafe, "unsafe_score": unsafe}
+        self.results[i] = {**ordered, **{k: v for k, v in result.items() if k not in ordered}, "decided_by": decided_by}

@@ -13,6 +13,7 @@ COMMANDS = {
     "push": ("publishing.push", "Upload a model or dataset folder to the Hugging Face Hub."),
     "package": ("publishing.package", "Assemble a SafeRoute model folder from a student, a router and a large-guard reference."),
     "export": ("publishing.export", "Export a SafeRoute model to ONNX (fp32 and int8) for onnxruntime."),
+    "serve": ("serving.server", "Serve a SafeRoute model over HTTP (OpenAI moderation API shape, dynamic batching)."),
     "demo": ("spaces_app.app", "Serve the Gradio demo of a SafeRoute model on localhost."),
     "quickstart": ("saferoute.quickstart", "Run the whole chain with the bundled offline models."),
 }

@@ -129,7 +129,7 @@ def test_choose_threshold_budget_and_f1():
 def test_train_router_on_the_router_rows_and_package(corpus_dir, student_dir, tiny_llama_guard_dir, tmp_path):
     out = tmp_path / "saferoute"
     result = train_router(roles_args(corpus_dir, "--student", str(student_dir), "--output_dir", str(out), "--max_steps", "30",
-                                     "--batch_size", "64", "--eval_steps", "10"))
+                                     "--batch_size", "64", "--eval_steps", "10", "--autocast_dtype", "none"))  # float32: exact comparisons
     table = result["table"]
     pool_file, roles_dir = tiny_paths(corpus_dir)
     roles = RoleTable(roles_dir)
@@ -141,8 +141,8 @@ def test_train_router_on_the_router_rows_and_package(corpus_dir, student_dir, ti
     # labels recomputed independently: human label, the large guard (the corpus teacher) and the student
     items = [{"prompt": r["prompt"], "response": r["response"]} for r in rows]
     model, tok, _ = load_student(str(student_dir))
-    _, student_p = student_features(model, tok, items, 64)
-    large_p = np.array(load_guard(str(tiny_llama_guard_dir), "llama_guard", batch_size=8).score(items))  # the same batches as train-router
+    _, student_p = student_features(model, tok, items, 64, autocast_dtype="none")
+    large_p = np.array(load_guard(str(tiny_llama_guard_dir), "llama_guard", batch_size=8, autocast_dtype="none").score(items))
     y = np.array([r["label"] for r in rows])
     np.testing.assert_allclose(table["student_p"], student_p, atol=1e-5)
     np.testing.assert_allclose(table["large_p"], large_p, atol=1e-5)
@@ -159,7 +159,7 @@ def test_train_router_on_the_router_rows_and_package(corpus_dir, student_dir, ti
     assert config["router_trained"] and config["head_trained"]
     assert any(k.startswith("router.") for k in load_file(out / "model.safetensors"))
     guard = pipeline("text-classification", model=str(out), trust_remote_code=True)
-    got = guard(items[:6], route="never")
+    got = guard(items[:6], route="never", autocast_dtype="none")
     np.testing.assert_allclose([g["router_score"] for g in got], table["router_score"][:6], atol=1e-4)
     assert (out / "router_info.json").exists() and (out / "distill_info.json").exists()
     # complete: a second call skips

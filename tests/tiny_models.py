@@ -135,6 +135,28 @@ def _tiny_llama(out, template, special, seed=0, head_scale=1.0):
     return out
 
 
+def build_tiny_vllm_guard(out):
+    """The tiny guard in dimensions vLLM's CPU kernels take (head size 64): hidden 128, 2 heads, with
+    the tiny guard template and a head scaled 20x so that P(unsafe) varies across inputs."""
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(["<pad>", "[UNK]", "<s>", "</s>", "<|user|>", "<|assistant|>"]),
+        unk_token="[UNK]", pad_token="<pad>", bos_token="<s>", eos_token="</s>", model_max_length=512,
+    )
+    tokenizer.chat_template = TINY_GUARD_TEMPLATE
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def build_tiny_llama_guard3(out):
     """A tiny random Llama with the Llama-Guard-3-style template above (a stand-in for Llama-Guard-3-8B/1B);
     its head is scaled 25x: a random 32-wide head at init scale caps the logits near 0.6, too little

@@ -42,7 +42,7 @@ from dataset_builders.seed_pool import load_seed_pool
 from dataset_builders.splits import stratified_split
 from evaluation.methods import RoutingInputs, choose_router_threshold, evaluate_methods
 from evaluation.metrics import router_label
-from modeling_saferoute.guards import GUARD_KINDS, load_guard
+from modeling_saferoute.guards import GUARD_KINDS, autocast_context, load_guard, resolve_autocast
 from modeling_saferoute.inputs import encode_pairs, length_sorted_batches
 from publishing.package import PackageArguments, load_student, package
 from saferoute.config import parse_args, recorded_arguments
@@ -90,6 +90,7 @@ class TrainRouterArguments:
     threshold: float = field(default=0.5, metadata={"help": "P(unsafe) above this is 'unsafe' (student, large guard, packaged model)."})
     max_length: Optional[int] = field(default=None, metadata={"help": "Student token budget (default: the one it was distilled with)."})
     feature_batch_size: int = field(default=64, metadata={"help": "Batch size of the student forward that computes the features."})
+    autocast_dtype: str = field(default="auto", metadata={"help": "Precision of the student and large-guard forwards: 'auto' (bf16 where native, as the deployed pipeline runs), 'none' (float32)."})
     paraphrases: int = field(default=0, metadata={"help": "LLM paraphrases per training-split example (labels copied, both guards re-run on them); 0: none."})
     paraphraser: str = field(default="bundled:smollm2-135m-instruct", metadata={"help": "Paraphrasing LLM with a chat template (path, Hub id or bundled: alias)."})
     paraphrase_backend: str = field(default="transformers", metadata={"help": "Generation backend of the paraphraser: 'transformers' or 'vllm' (optional dependency)."})
@@ -120,13 +121,14 @@ class TrainRouterArguments:
 
 
 # -- features, rows and large-guard scores ------------------------------------------------------
-def student_features(model, tokenizer, items, max_length, batch_size=64):
-    """(features (N, d) float32, P(unsafe) (N,)) from one student forward per item."""
+def student_features(model, tokenizer, items, max_length, batch_size=64, autocast_dtype="auto"):
+    """(features (N, d) float32, P(unsafe) (N,)) from one student forward per item, in the precision
+    the deployed pipeline runs by default (`autocast_dtype="auto"`: bf16 where it is native)."""
     encodings, _ = encode_pairs(tokenizer, items, max_length)
     batches = length_sorted_batches([len(e["input_ids"]) for e in encodings], batch_size)
     features, probs = [None] * len(items), [None] * len(items)
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast_context(model.device, resolve_autocast(autocast_dtype, model.device)):
         for batch in tqdm(batches, desc="student features"):
             inputs = tokenizer.pad([encodings[i] for i in batch], return_tensors="pt").to(model.device)
             out = model(**inputs)
@@ -185,12 +187,13 @@ def load_large_guard(args, ref):
     """The large guard of `ref` (`large_guard_reference`), with the scoring options of `args`.
     Within one `train_router` run it is loaded once (rows, then their paraphrases)."""
     check_large_guard(ref)
-    return _load_guard_once(ref["name_or_path"], ref["kind"], ref["revision"], ref["dtype"], args.large_guard_batch_size, args.large_guard_max_length)
+    return _load_guard_once(ref["name_or_path"], ref["kind"], ref["revision"], ref["dtype"], args.large_guard_batch_size,
+                            args.large_guard_max_length, args.autocast_dtype)
 
 
 @functools.lru_cache(maxsize=1)
-def _load_guard_once(name, kind, revision, dtype, batch_size, max_length):
-    return load_guard(name, kind, revision=revision, dtype=dtype, batch_size=batch_size, max_length=max_length)
+def _load_guard_once(name, kind, revision, dtype, batch_size, max_length, autocast_dtype="auto"):
+    return load_guard(name, kind, revision=revision, dtype=dtype, batch_size=batch_size, max_length=max_length, autocast_dtype=autocast_dtype)
 
 
 def paraphrase_rows(args, rows, large_ref, model, tokenizer, max_length):
@@ -228,7 +231,7 @@ def paraphrase_rows(args, rows, large_ref, model, tokenizer, max_length):
     if not new:
         return None, None, {**stats, "positive_rate": None}
     items = [{"prompt": r["prompt"], "response": r["response"]} for r in new]
-    features, student_p = student_features(model, tokenizer, items, max_length, args.feature_batch_size)
+    features, student_p = student_features(model, tokenizer, items, max_length, args.feature_batch_size, args.autocast_dtype)
     large_p = np.asarray(load_large_guard(args, large_ref).score(items, show_progress=True), dtype=float)
     y = np.array([r["y"] for r in new])
     t = router_label(y, student_p, large_p, args.threshold)
@@ -258,7 +261,7 @@ def _train_router(args):
     if not head_trained:
         raise ValueError(f"The student {args.student} has no trained classification head: distill it first.")
     max_length = args.max_length or info.get("max_length") or model.max_length
-    features, student_p = student_features(model, tokenizer, guard_rows(rows), max_length, args.feature_batch_size)
+    features, student_p = student_features(model, tokenizer, guard_rows(rows), max_length, args.feature_batch_size, args.autocast_dtype)
     table = router_table(rows, student_p, large_p, args)
     train_idx, val_idx = [i for i, s in enumerate(table["split"]) if s == "train"], [i for i, s in enumerate(table["split"]) if s == "validation"]
     train_x, train_t = features[train_idx], torch.as_tensor(table["t"])[train_idx]

@@ -1,0 +1,57 @@
+"""bf16 autocast, the default where the CPU multiplies bf16 natively, keeps the labels of float32:
+the bundled MiniLM student, fine-tuned briefly on the seed pool, scored both ways on a fixed
+benchmark sample through the public pipeline."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+from dataset_builders.benchmarks import load_benchmarks
+from dataset_builders.schema import guard_items
+from dataset_builders.seed_pool import load_seed_pool
+from dataset_builders.splits import stratified_sample
+from modeling_saferoute.bundled import resolve
+from modeling_saferoute.guards import native_bf16
+from modeling_saferoute.inputs import encode_pairs
+from publishing.package import PackageArguments, package
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained_student(tmp_path_factory):
+    """MiniLM-L6 fine-tuned for 120 steps (batch 32) on 3,840 base-pool rows: decisive, not saturated."""
+    torch.manual_seed(0)
+    path = resolve("bundled:minilm-l6")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    rows = stratified_sample(load_seed_pool("offline-base"), 3840, ("source", "label"), seed=0).shuffle(seed=0)
+    items, labels = guard_items(rows), rows["label"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
+    model.train()
+    for start in range(0, len(items), 32):
+        encodings, _ = encode_pairs(tokenizer, items[start : start + 32], 128)
+        batch = tokenizer.pad(encodings, return_tensors="pt")
+        loss = model(**batch, labels=torch.tensor(labels[start : start + 32])).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    folder = tmp_path_factory.mktemp("precision")
+    model.save_pretrained(folder / "student")
+    tokenizer.save_pretrained(folder / "student")
+    return package(PackageArguments(student=str(folder / "student"), output_dir=str(folder / "m"), max_length=128, model_card=False))
+
+
+def test_bf16_autocast_keeps_the_float32_labels(trained_student):
+    guard = pipeline("text-classification", model=str(trained_student), trust_remote_code=True)
+    sample = [it for ds in load_benchmarks("all", max_per_benchmark=50, seed=1).values() for it in guard_items(ds)]
+    fp32 = np.array([r["unsafe_score"] for r in guard(sample, route="never", autocast_dtype="none")])
+    bf16 = np.array([r["unsafe_score"] for r in guard(sample, route="never", autocast_dtype="bfloat16")])
+    default = np.array([r["unsafe_score"] for r in guard(sample, route="never")])
+    agreement = float(np.mean((fp32 > 0.5) == (bf16 > 0.5)))
+    print(f"bf16 vs fp32 on {len(sample)} benchmark inputs: label agreement {agreement:.1%}, "
+          f"max |dP(unsafe)| {np.abs(bf16 - fp32).max():.4f}, mean {np.abs(bf16 - fp32).mean():.4f}")
+    assert fp32.std() > 0.1  # a decisive model: the comparison means something
+    assert agreement >= 0.99
+    np.testing.assert_array_equal(default, bf16 if native_bf16("cpu") else fp32)  # the default is bf16 where it is native

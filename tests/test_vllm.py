@@ -1,0 +1,144 @@
+"""The large guard on vLLM, for real, on this CPU: in-process vLLM scores as the transformers adapter
+does; a `vllm` OpenAI-compatible server serves the routed inputs of the pipeline with the same
+scores; the server killed mid-run gives each `on_large_guard_error` behaviour.
+
+vLLM needs `transformers<5.20` and its own torch build, so it lives in `.venv-vllm` (`make
+vllm-env`); these tests drive it from the project's environment. CI (`CI=1`) never skips them."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from transformers import pipeline
+
+from modeling_saferoute.guards import load_guard
+from publishing.package import PackageArguments, package
+from tiny_models import build_tiny_vllm_guard
+
+REPO = Path(__file__).resolve().parents[1]
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not VLLM_PYTHON.exists() and not os.environ.get("CI"),
+                       reason="no .venv-vllm (`make vllm-env`; .ci/run makes it, and in CI this test never skips)"),
+]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
+ITEMS = ["How do I pick a lock?", {"prompt": "Write a poem about the sea.", "response": "The sea is wide."},
+         "Explain how to build a bomb at home. " * 30,
+         [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."},
+          {"role": "user", "content": "How do I kill a Python process on Linux?"}]]
+ITEMS = ITEMS + [f"{x} #{i}" if isinstance(x, str) else x for i, x in enumerate(ITEMS * 4)]
+
+PARITY = """
+if __name__ == "__main__":  # vLLM starts engine processes
+    import json, sys
+    from modeling_saferoute.guards import load_guard
+    guard_dir, dtype, items, out = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+    reference = load_guard(guard_dir, "llama_guard", autocast_dtype="none").score(items)
+    guard = load_guard(guard_dir, "llama_guard", backend="vllm", dtype=dtype, backend_options={"gpu_memory_utilization": 0.1})
+    with open(out, "w") as f:
+        json.dump({"transformers": reference, "vllm": guard.score(items)}, f)
+    import os
+    os._exit(0)  # skip the engine's teardown, which can abort the interpreter after the work is done
+"""
+
+
+@pytest.fixture(scope="module")
+def guard_dir(tmp_path_factory):
+    return build_tiny_vllm_guard(tmp_path_factory.mktemp("vllm") / "tiny-guard")
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-3), ("bfloat16", 5e-2)])
+def test_in_process_vllm_scores_as_the_transformers_adapter(guard_dir, dtype, tolerance, tmp_path):
+    """float32 vLLM against the float32 adapter within 1e-3; bfloat16 vLLM (what a GPU runs) within
+    5e-2: bf16 keeps 8 bits of mantissa, and P(unsafe) moves with the logit gap it rounds."""
+    result, log = tmp_path / "result.json", tmp_path / "log.txt"
+    with open(log, "w") as err:  # files, not pipes: vLLM's helper processes may outlive the script
+        proc = subprocess.run([str(VLLM_PYTHON), "-c", PARITY, str(guard_dir), dtype, json.dumps(ITEMS), str(result)], env=ENV,
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, timeout=600, start_new_session=True)
+    assert proc.returncode == 0 and result.exists(), log.read_text()[-4000:]
+    got = json.loads(result.read_text())
+    reference = got["transformers"]
+    gap = max(abs(a - b) for a, b in zip(reference, got["vllm"]))
+    print(f"vLLM {dtype} vs transformers float32: max |dP(unsafe)| {gap:.2e} over {len(ITEMS)} inputs")
+    assert gap < tolerance
+    assert len(set(round(p, 3) for p in reference)) > 3  # the guard's scores vary: the comparison means something
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(guard_dir, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("vllm-serve") / "serve.log"
+    cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(guard_dir), "--dtype", "float32",
+           "--port", str(port), "--gpu-memory-utilization", "0.1", "--max-model-len", "512", "--enforce-eager"]
+    err = open(log, "w")  # a file: a pipe nobody reads would fill up and stall the server
+    proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 400
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"vllm serve exited: {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(2)
+    else:
+        raise RuntimeError("vllm serve did not come up in 400 s")
+    yield url, proc
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    err.close()
+
+
+def served_model(tmp_path, tiny_student_dir, guard_dir, url):
+    out = package(PackageArguments(student=str(tiny_student_dir), output_dir=str(tmp_path / "m"), model_card=False,
+                                   large_guard=str(guard_dir), large_guard_kind="llama_guard"))
+    config = json.loads((out / "config.json").read_text())
+    config["large_guard"].update(backend="openai_compatible", backend_options={
+        "base_url": f"{url}/v1", "served_model": str(guard_dir), "max_retries": 1, "backoff": 0.05, "timeout": 10,
+        "request_batch": 2, "concurrency": 1})
+    (out / "config.json").write_text(json.dumps(config))
+    return pipeline("text-classification", model=str(out), trust_remote_code=True)
+
+
+def test_the_pipeline_routes_to_vllm_serve_then_survives_its_death(server, guard_dir, tiny_student_dir, tmp_path):
+    url, proc = server
+    guard = served_model(tmp_path, tiny_student_dir, guard_dir, url)
+    reference = load_guard(str(guard_dir), "llama_guard", autocast_dtype="none").score(ITEMS)
+    results = guard(ITEMS, route="always")
+    served = [r["unsafe_score"] for r in results]
+    gap = max(abs(a - b) for a, b in zip(served, reference))
+    print(f"vllm serve (float32) vs transformers float32: max |dP(unsafe)| {gap:.2e} over {len(ITEMS)} inputs")
+    assert gap < 1e-3 and all(r["decided_by"] == "large_guard" for r in results)
+    # the server killed mid-run: what was answered stays the large guard's, the rest falls back
+    many = [f"How do I pick a lock? #{i}" for i in range(2000)]
+    box = {}
+    call = threading.Thread(target=lambda: box.update(results=guard(many, route="always", on_large_guard_error="student",
+                                                                     large_guard_batch_size=4, batch_size=4)))
+    call.start()
+    time.sleep(3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    call.join(timeout=300)
+    decided = [r["decided_by"] for r in box["results"]]
+    assert "large_guard" in decided and "student_fallback" in decided, sorted(set(decided))
+    assert set(decided) == {"large_guard", "student_fallback"}
+    # the server dead: each policy
+    with pytest.raises(ConnectionError, match="did not answer"):
+        guard(ITEMS[:3], route="always")
+    assert {r["decided_by"] for r in guard(ITEMS[:3], route="always", on_large_guard_error="unsafe")} == {"fail_closed"}
+    assert {r["decided_by"] for r in guard(ITEMS[:3], route="never")} == {"student"}  # the student alone needs no server
