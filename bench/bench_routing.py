@@ -1,62 +1,84 @@
-"""Routed inference against the large guard alone, measured in one run.
+"""Routed inference against the large guard alone, and where the routed call spends its time.
 
-Runs the SafeRoute pipeline (route="auto": student on everything, the large guard on the routed
-share) and the large guard's adapter alone over the benchmark suite, and prints the wall
-time of each, their ratio, the share routed, and the F1 of each.
+In one run (machines are noisy: read the ratios): the SafeRoute pipeline with its defaults
+(route="auto": the student on everything, the large guard on the routed share), the large guard's
+adapter alone on the same inputs, the student alone, and the large guard in float32 against its
+default precision (the teacher's labeling speed in build-corpus). Prints wall times, their ratios,
+the share routed, F1 of each system, and the routed call's time split (`timings=`).
 
-    python bench/bench_routing.py --model outputs/saferoute-guard [--max-per-benchmark 200]
+    python bench/bench_routing.py --model outputs/saferoute-guard --max_per_benchmark 200
 """
 
 import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 from sklearn.metrics import f1_score
 from transformers import pipeline
 
 from dataset_builders.benchmarks import load_benchmarks
 from dataset_builders.schema import guard_items
+from modeling_saferoute.guards import load_guard
 from saferoute.config import parse_args
 
 
 @dataclass
 class BenchRoutingArguments:
     model: str = field(default="outputs/saferoute-guard", metadata={"help": "SafeRoute model folder."})
-    max_per_benchmark: Optional[int] = field(default=None, metadata={"help": "Stratified subsample (default: the whole suite)."})
+    max_per_benchmark: Optional[int] = field(default=200, metadata={"help": "Stratified examples per benchmark (None: the whole suite)."})
     batch_size: int = field(default=32, metadata={"help": "Batch size of both systems."})
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
 
 
 def main(argv=None):
     args = parse_args([BenchRoutingArguments], argv)
     data = load_benchmarks("all", max_per_benchmark=args.max_per_benchmark, seed=0)
     guard = pipeline("text-classification", model=args.model, trust_remote_code=True)
-    guard.large_guard  # load it before timing
-    rows = []
-    for mode in ("auto", "always"):
-        total_time, labels, preds, routed = 0.0, [], [], 0
-        per_benchmark = {}
-        for name, ds in data.items():
-            start = time.perf_counter()
-            if mode == "auto":
-                results = guard(guard_items(ds), route="auto", batch_size=args.batch_size)
-            else:  # the large guard alone, without the student's forward
-                scores = guard.large_guard.score(guard_items(ds), batch_size=args.batch_size)
-                results = [{"label": "unsafe" if s > 0.5 else "safe", "routed": True} for s in scores]
-            total_time += time.perf_counter() - start
-            p = [int(r["label"] == "unsafe") for r in results]
-            per_benchmark[name] = f1_score(ds["label"], p, zero_division=0)
-            labels += ds["label"]
-            preds += p
-            routed += sum(r["routed"] for r in results)
-        avg_f1 = sum(per_benchmark.values()) / len(per_benchmark)
-        rows.append((mode, total_time, routed / len(labels), avg_f1, len(labels)))
-    (_, t_auto, share, f1_auto, n), (_, t_large, _, f1_large, _) = rows
-    print(f"{n} examples over {len(data)} benchmarks")
-    print("| system | wall time (s) | examples/s | share to large guard | avg F1 |")
+    large = guard.large_guard  # loaded before timing, as a server would hold it
+    ref = dict(guard.model.config.large_guard)
+    large_fp32 = load_guard(ref["name_or_path"], ref["kind"], max_length=ref.get("max_length"), autocast_dtype="none")
+    guard(guard_items(data["toxicchat"])[:16])  # warm-up
+    totals = {"saferoute": 0.0, "large": 0.0, "student": 0.0, "large_fp32": 0.0}
+    preds = {k: [] for k in totals}
+    labels, routed, timings = [], 0, {}
+    f1s = {k: [] for k in ("saferoute", "large", "student")}
+    for name, ds in data.items():
+        items, y = guard_items(ds), list(ds["label"])
+        results, t = timed(lambda: guard(items, batch_size=args.batch_size, timings=timings))
+        totals["saferoute"] += t
+        scores, t = timed(lambda: large.score(items, batch_size=args.batch_size))
+        totals["large"] += t
+        student, t = timed(lambda: guard(items, batch_size=args.batch_size, route="never"))
+        totals["student"] += t
+        _, t = timed(lambda: large_fp32.score(items, batch_size=args.batch_size))
+        totals["large_fp32"] += t
+        systems = {"saferoute": [r["label"] == "unsafe" for r in results], "large": [s > 0.5 for s in scores],
+                   "student": [r["label"] == "unsafe" for r in student]}
+        for k, p in systems.items():
+            f1s[k].append(f1_score(y, p, zero_division=0))
+        routed += sum(r["routed"] for r in results)
+        labels += y
+    n = len(labels)
+    print(f"{n} examples over {len(data)} benchmarks, model {args.model} (large guard {ref['name_or_path']}, kind {ref['kind']})")
+    print("| system | wall time (s) | examples/s | share to the large guard | avg F1 |")
     print("| --- | --- | --- | --- | --- |")
-    print(f"| SafeRoute (route=auto) | {t_auto:.1f} | {n / t_auto:.1f} | {share:.1%} | {f1_auto:.3f} |")
-    print(f"| large guard alone | {t_large:.1f} | {n / t_large:.1f} | 100% | {f1_large:.3f} |")
-    print(f"wall-time ratio SafeRoute / large: {t_auto / t_large:.2f}")
+    print(f"| SafeRoute (defaults, route='auto') | {totals['saferoute']:.1f} | {n / totals['saferoute']:.1f} | {routed / n:.1%} | {np.mean(f1s['saferoute']):.3f} |")
+    print(f"| large guard alone (its adapter, default precision) | {totals['large']:.1f} | {n / totals['large']:.1f} | 100% | {np.mean(f1s['large']):.3f} |")
+    print(f"| student alone (route='never') | {totals['student']:.1f} | {n / totals['student']:.1f} | 0% | {np.mean(f1s['student']):.3f} |")
+    print(f"wall-time ratio SafeRoute / large guard: {totals['saferoute'] / totals['large']:.3f}")
+    print(f"student cost per example / large guard's: {totals['student'] / totals['large']:.1%}")
+    print(f"large guard (teacher labeling) rows/s: float32 {n / totals['large_fp32']:.1f}, default "
+          f"({large.compute_dtype}) {n / totals['large']:.1f}: {totals['large_fp32'] / totals['large']:.2f}x")
+    parts = {k: timings[k] for k in ("tokenize", "student", "large_guard")}
+    other = timings["total"] - sum(parts.values())
+    print("routed call time split: " + ", ".join(f"{k} {v:.1f} s ({v / timings['total']:.0%})" for k, v in parts.items())
+          + f", other Python {other:.1f} s ({other / timings['total']:.0%})")
 
 
 if __name__ == "__main__":

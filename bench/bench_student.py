@@ -2,8 +2,9 @@
 
 Compares, in one run (machines are noisy, so read the ratios): the stock
 `pipeline("text-classification", model=student_dir)` called one input at a time, against this
-project's SafeRoute pipeline (route="never") at its default batch size in fp32, bf16 autocast and
-int8 dynamic quantization; and tokens/s against this machine's bf16 matrix-multiply peak.
+project's SafeRoute pipeline (route="never") with its defaults (batch 32, bf16 autocast where the
+CPU has it natively), in float32, and with int8 dynamic quantization, plus the ONNX exports; and
+tokens/s against this machine's bf16 matrix-multiply peak.
 
     python bench/bench_student.py [--model SAFEROUTE_DIR] [--n 400]
 """
@@ -73,14 +74,16 @@ def main(argv=None):
     _, t = timed(lambda: [stock({"text": it["prompt"], "text_pair": it["response"] or ""} if it["response"] else it["prompt"], truncation=True) for it in stock_items])
     rows["stock pipeline, one input at a time (fp32)"] = (len(stock_items) / t, sum(lengths[: args.stock_n]) / t)
     ours(items[:32], route="never")  # warm-up
-    fp32, t = timed(lambda: ours(items, route="never"))
-    rows["SafeRoute pipeline, batched, fp32"] = (len(items) / t, tokens / t)
-    bf16, t = timed(lambda: ours(items, route="never", autocast_dtype=torch.bfloat16))
-    rows["SafeRoute pipeline, batched, bf16 autocast"] = (len(items) / t, tokens / t)
+    default, t = timed(lambda: ours(items, route="never"))
+    rows["SafeRoute pipeline, defaults (batch 32, autocast auto), route='never'"] = (len(items) / t, tokens / t)
+    fp32, t = timed(lambda: ours(items, route="never", autocast_dtype="none"))
+    rows["SafeRoute pipeline, float32 (autocast_dtype='none')"] = (len(items) / t, tokens / t)
+    bf16, t = timed(lambda: ours(items, route="never", autocast_dtype="bfloat16"))
+    rows["SafeRoute pipeline, bf16 autocast"] = (len(items) / t, tokens / t)
     int8_model = copy.deepcopy(ours.model)
     int8_model.student = torch.ao.quantization.quantize_dynamic(int8_model.student, {torch.nn.Linear}, dtype=torch.qint8)
     int8_pipe = pipeline("text-classification", model=int8_model, tokenizer=ours.tokenizer, pipeline_class=type(ours))
-    int8, t = timed(lambda: int8_pipe(items, route="never"))
+    int8, t = timed(lambda: int8_pipe(items, route="never", autocast_dtype="none"))
     rows["SafeRoute pipeline, batched, int8 dynamic"] = (len(items) / t, tokens / t)
     onnx_paths = export_onnx(model_dir, tmp / "onnx", int8=True)
     onnx_scores = {}
@@ -99,7 +102,7 @@ def main(argv=None):
     for name, (eps, tps) in rows.items():
         print(f"| {name} | {eps:.1f} | {eps / base:.1f}x | {tps:.0f} | {2 * params * tps / peak:.1%} |")
     ref = np.array([r["student_unsafe_score"] for r in fp32])
-    variants = {"bf16": bf16, "int8": int8}
+    variants = {"default": default, "bf16": bf16, "int8": int8}
     variants = {k: np.array([r["student_unsafe_score"] for r in v]) for k, v in variants.items()} | onnx_scores
     for name, got in variants.items():
         agree = np.mean((got > 0.5) == (ref > 0.5))

@@ -373,3 +373,21 @@ def test_push_to_hub_offline_names_what_it_could_not_reach(tmp_path, monkeypatch
     (tmp_path / "data" / "train-0.parquet").write_bytes(b"PAR1")
     with pytest.raises(ConnectionError, match=r"huggingface\.co.*user/harmaug.*HF_HUB_OFFLINE"):
         push_folder(tmp_path, "user/harmaug", repo_type="dataset")
+
+
+def test_measure_compares_exemplar_sources_and_the_prefix(data, tiny_llama_guard_dir, tmp_path):
+    from dataset_builders.harmaug import measure
+
+    flags = ["--seed_pool", str(data / "seed.jsonl"), "--roles", str(data / "roles"), "--benchmarks", str(data / "eval"),
+             "--generator", str(tiny_llama_guard_dir), "--teacher", str(tiny_llama_guard_dir), "--num_exemplars", "2",
+             "--min_words", "1", "--max_new_tokens", "8", "--batch_size", "4", "--shard_size", "4", "--ablation_requests", "8",
+             "--throughput_requests", "0", "--score_teacher", "true"]
+    for compare, arm_names in (("exemplars", ["exemplars_all_sources", "exemplars_seed"]), ("prefix", ["with_prefix", "without_prefix"])):
+        out = tmp_path / compare
+        measure.main([*flags, "--compare", compare, "--exemplar_arm_sources", "seed", "--measure_dir", str(out)])
+        results = json.loads((out / "results.json").read_text())["ablation"]
+        assert list(results) == arm_names
+        for arm in results.values():
+            assert arm["generated"] == 8 and 0 <= arm["teacher_unsafe_share_of_generated"] <= 1
+            assert set(arm["nearest_benchmark_jaccard_of_kept"]) == {"mean", "share_at_least_0.3"}
+    assert results["without_prefix"]["prefix"] == ""

@@ -1,7 +1,7 @@
 """Tiny random models built on the fly: a BERT student and a Llama-Guard-style causal LM."""
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -58,11 +58,19 @@ TINY_GUARD_TEMPLATE = (
 
 
 def _train_tokenizer(special, post=None):
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    """A WordPiece tokenizer whose vocabulary is fixed by CORPUS alone: the special tokens, every word,
+    then every character alone and as a continuation. (The tokenizers trainer breaks ties between
+    equal counts in hash order, which changes from process to process: a different vocabulary, hence
+    a different random model, in every test run.)"""
+    pre = pre_tokenizers.BertPreTokenizer()
+    words = sorted({w for line in CORPUS for w, _ in pre.pre_tokenize_str(line)})
+    chars = sorted({c for w in words for c in w})
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(special + words + chars + ["##" + c for c in chars]))}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=False)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.pre_tokenizer = pre
     tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(CORPUS, trainers.WordPieceTrainer(vocab_size=300, special_tokens=special))
+    tok.add_special_tokens(special)
     if post is not None:
         tok.post_processor = post(tok)
     return tok

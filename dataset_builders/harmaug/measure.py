@@ -1,13 +1,14 @@
-"""Measurements of the generator (not part of the build): the paper's affirmative-prefix ablation
-and batched against one-at-a-time generation throughput.
+"""Measurements of the generator (not part of the build): the paper's affirmative-prefix ablation,
+the exemplars' sources (`--compare exemplars`), and batched against one-at-a-time throughput.
 
     python -m dataset_builders.harmaug.measure --config saferoute/recipes/cpu-offline.yaml \\
         --measure_dir outputs/harmaug-measure --ablation_requests 64 [--score_teacher true]
 
-The ablation builds the generate and filter stages twice (with the prefix, without it) and reports
-the share of parseable instructions, the share a keyword heuristic calls harmful and, with
-`--score_teacher`, the share the teacher scores unsafe (P > 0.5). Results go to
-`<measure_dir>/results.json`.
+The comparison builds the generate and filter stages twice (with the prefix / without it, or with
+exemplars from every source / from WildGuardMix train only) and reports the share of parseable
+instructions, the share a keyword heuristic calls harmful, distinct-1/2, the kept instructions'
+nearest-benchmark similarity (word 3-gram Jaccard) and, with `--score_teacher`, the share the
+teacher scores unsafe (P > 0.5). Results go to `<measure_dir>/results.json`.
 """
 
 import json
@@ -36,7 +37,9 @@ HARM_KEYWORDS = re.compile(
 @dataclass
 class MeasureArguments:
     measure_dir: str = field(default="{output_root}/harmaug-measure", metadata={"help": "Where the ablation stages and results.json go."})
-    ablation_requests: int = field(default=64, metadata={"help": "Requests per arm of the prefix ablation."})
+    compare: str = field(default="prefix", metadata={"help": "'prefix' (with / without the affirmative prefix) or 'exemplars' (exemplars from every source / from --exemplar_arm_sources)."})
+    exemplar_arm_sources: str = field(default="wildguardtrain", metadata={"help": "With --compare exemplars: the sources of the second arm's exemplars."})
+    ablation_requests: int = field(default=64, metadata={"help": "Requests per arm."})
     score_teacher: bool = field(default=False, metadata={"help": "Score the ablation instructions with --teacher."})
     throughput_requests: int = field(default=16, metadata={"help": "Requests timed per setting (0 skips the throughput run)."})
     throughput_batch_size: int = field(default=16, metadata={"help": "Batch size of the batched setting."})
@@ -48,12 +51,34 @@ def heuristic_harmful(text) -> bool:
     return bool(text and HARM_KEYWORDS.search(text))
 
 
+def arms(args, m):
+    """(name, settings changed) of each arm of the comparison."""
+    if m.compare == "exemplars":
+        return [("exemplars_all_sources", {"exemplar_sources": None}), (f"exemplars_{m.exemplar_arm_sources.replace(',', '+')}",
+                                                                       {"exemplar_sources": m.exemplar_arm_sources})]
+    if m.compare != "prefix":
+        raise ValueError(f"--compare must be 'prefix' or 'exemplars', got {m.compare!r}.")
+    return [("with_prefix", {"prefix": args.prefix or generate.AFFIRMATIVE_PREFIX}), ("without_prefix", {"prefix": ""})]
+
+
+def nearest_benchmark(instructions, benchmark_prompts, n=3):
+    """Mean and share >= 0.3 of each instruction's highest word-3-gram Jaccard against the benchmark prompts."""
+    index = filters.ShingleIndex(n)
+    for text in benchmark_prompts:
+        index.add(text)
+    best = [index.max_jaccard(text)[0] for text in instructions]
+    return {"mean": sum(best) / max(1, len(best)), "share_at_least_0.3": sum(b >= 0.3 for b in best) / max(1, len(best))}
+
+
 def ablation(args, m):
+    from ..schema import data_dir
+
     results = {}
     guard = label.load_teacher(args) if m.score_teacher else None
-    for arm, prefix in (("with_prefix", args.prefix or generate.AFFIRMATIVE_PREFIX), ("without_prefix", "")):
+    bench = [] if args.benchmarks == "none" else filters.load_benchmark_prompts(args.benchmarks or data_dir() / "eval")
+    for arm, changes in arms(args, m):
         work = Path(m.measure_dir) / arm
-        arm_args = replace(args, prefix=prefix, num_requests=m.ablation_requests, work_dir=str(work),
+        arm_args = replace(args, **changes, num_requests=m.ablation_requests, work_dir=str(work),
                            output_dir=str(work / "unused"), stop_after="filter", overwrite=False)
         build(arm_args)
         rows = pq.read_table(sorted((work / "generate").glob("shard-*.parquet"))).to_pylist()
@@ -62,12 +87,13 @@ def ablation(args, m):
         counts = json.loads((work / "filter" / "counts.json").read_text())
         kept = [r["instruction"] for r in pq.read_table(sorted((work / "filter").glob("shard-*.parquet"))).to_pylist()]
         res = {
-            "prefix": prefix, "generated": len(rows), "parseable": len(parsed),
+            **changes, "generated": len(rows), "parseable": len(parsed),
             "parseable_share": len(parsed) / len(rows),
             "heuristic_harmful_share_of_generated": sum(map(heuristic_harmful, parsed)) / len(rows),
             "heuristic_harmful_share_of_parseable": sum(map(heuristic_harmful, parsed)) / max(1, len(parsed)),
             "heuristic_harmful_share_of_kept": sum(map(heuristic_harmful, kept)) / max(1, len(kept)),
             "filter_counts": counts, "distinct_1": filters.distinct_n(kept, 1), "distinct_2": filters.distinct_n(kept, 2),
+            "nearest_benchmark_jaccard_of_kept": nearest_benchmark(kept, bench),
             "tokens_per_second": sum(x["new_tokens"] for x in meta) / sum(x["seconds"] for x in meta),
             "tokens_per_cpu_second": sum(x["new_tokens"] for x in meta) / sum(x.get("cpu_seconds", 0) or 1e-9 for x in meta),
             "examples": parsed[:8],
