@@ -5,6 +5,7 @@ with `auto_map` and `custom_pipelines`, the remote code of `modeling_saferoute/`
 training record (`distill_info.json`) and README.md.
 """
 
+import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 import modeling_saferoute
 from modeling_saferoute import PIPELINE_IMPL, REMOTE_CODE_FILES, SafeRouteConfig, SafeRouteForSequenceClassification
 from modeling_saferoute.bundled import resolve
-from modeling_saferoute.guards import GUARD_KINDS
+from modeling_saferoute.guards import BACKENDS, GUARD_KINDS
 
 from saferoute.config import parse_args
 
@@ -34,6 +35,8 @@ class PackageArguments:
     large_guard_kind: Optional[str] = field(default=None, metadata={"help": f"Adapter kind of the large guard: {sorted(GUARD_KINDS)}."})
     large_guard_revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of the large guard."})
     large_guard_dtype: Optional[str] = field(default=None, metadata={"help": "dtype the large guard loads in (e.g. bfloat16)."})
+    large_guard_backend: Optional[str] = field(default=None, metadata={"help": "Where a causal-LM large guard runs: 'transformers' (in process), 'vllm' (in-process vLLM) or 'openai_compatible' (a served model, e.g. `vllm serve`). Without --large_guard it changes the student folder's own reference."})
+    large_guard_backend_options: Optional[str] = field(default=None, metadata={"help": 'The backend\'s options as JSON, e.g. \'{"base_url": "http://gpu-host:8001/v1", "api_key_env": "GUARD_API_KEY"}\'.'})
     router: Optional[str] = field(default=None, metadata={"help": "Router weights: a safetensors file or a SafeRoute folder (its router.* tensors)."})
     router_threshold: Optional[float] = field(default=None, metadata={"help": "Route when the router score is above this (default 0.5, or the router's own)."})
     threshold: float = field(default=0.5, metadata={"help": "P(unsafe) above this is 'unsafe'."})
@@ -101,6 +104,19 @@ def package(args: PackageArguments):
             "revision": args.large_guard_revision,
             "dtype": args.large_guard_dtype,
         }
+    if args.large_guard_backend and args.large_guard_backend not in BACKENDS:
+        raise ValueError(f"--large_guard_backend must be one of {list(BACKENDS)}, got {args.large_guard_backend!r}.")
+    if args.large_guard_backend or args.large_guard_backend_options:
+        if not getattr(config, "large_guard", None):
+            raise ValueError("--large_guard_backend needs a large guard: pass --large_guard (and --large_guard_kind).")
+        try:
+            options = json.loads(args.large_guard_backend_options) if args.large_guard_backend_options else {}
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--large_guard_backend_options must be a JSON object: {err}") from err
+        if not isinstance(options, dict):
+            raise ValueError(f"--large_guard_backend_options must be a JSON object, got {type(options).__name__}.")
+        config.large_guard = {**config.large_guard, "backend": args.large_guard_backend or config.large_guard.get("backend", "transformers"),
+                              "backend_options": options}
     if args.router_threshold is not None:
         config.router_threshold = float(args.router_threshold)
     config.threshold = float(args.threshold)

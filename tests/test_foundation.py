@@ -100,6 +100,28 @@ def test_a_relative_large_guard_path_is_recorded_absolute(tiny_student_dir, tiny
     assert json.loads((hub / "config.json").read_text())["large_guard"]["name_or_path"] == "meta-llama/Llama-Guard-3-8B"
 
 
+def test_the_large_guard_backend_is_set_by_package(tiny_student_dir, tmp_path):
+    """Repackaging a SafeRoute folder with a served backend keeps its student, router and large-guard
+    reference and records the backend; a bad backend or non-object options are refused."""
+    first = package(PackageArguments(student=str(tiny_student_dir), output_dir=str(tmp_path / "m"), model_card=False,
+                                     large_guard="meta-llama/Llama-Guard-3-8B", large_guard_kind="llama_guard"))
+    served = package(PackageArguments(student=str(first), output_dir=str(tmp_path / "s"), model_card=False,
+                                      large_guard_backend="openai_compatible",
+                                      large_guard_backend_options='{"base_url": "http://gpu-host:8001/v1"}'))
+    ref = json.loads((served / "config.json").read_text())["large_guard"]
+    assert ref["name_or_path"] == "meta-llama/Llama-Guard-3-8B" and ref["kind"] == "llama_guard"
+    assert ref["backend"] == "openai_compatible" and ref["backend_options"] == {"base_url": "http://gpu-host:8001/v1"}
+    assert (served / "model.safetensors").read_bytes() == (first / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="large_guard_backend must be one of"):
+        package(PackageArguments(student=str(first), output_dir=str(tmp_path / "x"), model_card=False, large_guard_backend="tgi"))
+    with pytest.raises(ValueError, match="JSON object"):
+        package(PackageArguments(student=str(first), output_dir=str(tmp_path / "x"), model_card=False,
+                                 large_guard_backend="vllm", large_guard_backend_options="[1]"))
+    with pytest.raises(ValueError, match="needs a large guard"):
+        package(PackageArguments(student=str(tiny_student_dir), output_dir=str(tmp_path / "x"), model_card=False,
+                                 large_guard_backend="vllm"))
+
+
 def test_classifier_head_is_kept(packaged, tiny_student_dir):
     """Packaging a sequence-classification checkpoint keeps its weights: same logits as the original."""
     original = AutoModelForSequenceClassification.from_pretrained(tiny_student_dir).eval()

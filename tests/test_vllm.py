@@ -105,13 +105,12 @@ def server(guard_dir, tmp_path_factory):
 
 
 def served_model(tmp_path, tiny_student_dir, guard_dir, url):
+    options = {"base_url": f"{url}/v1", "served_model": str(guard_dir), "max_retries": 1, "backoff": 0.05, "timeout": 10,
+               "request_batch": 2, "concurrency": 1}
     out = package(PackageArguments(student=str(tiny_student_dir), output_dir=str(tmp_path / "m"), model_card=False,
-                                   large_guard=str(guard_dir), large_guard_kind="llama_guard"))
-    config = json.loads((out / "config.json").read_text())
-    config["large_guard"].update(backend="openai_compatible", backend_options={
-        "base_url": f"{url}/v1", "served_model": str(guard_dir), "max_retries": 1, "backoff": 0.05, "timeout": 10,
-        "request_batch": 2, "concurrency": 1})
-    (out / "config.json").write_text(json.dumps(config))
+                                   large_guard=str(guard_dir), large_guard_kind="llama_guard",
+                                   large_guard_backend="openai_compatible", large_guard_backend_options=json.dumps(options)))
+    assert json.loads((out / "config.json").read_text())["large_guard"]["backend_options"] == options
     return pipeline("text-classification", model=str(out), trust_remote_code=True)
 
 
