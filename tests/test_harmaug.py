@@ -253,6 +253,9 @@ def test_build_writes_a_loadable_hub_dataset(data, tiny_llama_guard_dir, tiny_st
     readme = (out / "README.md").read_text()
     assert "configs:" in readme and "Content warning" in readme and "I have an idea for a prompt:" in readme
     assert f"| kept | {kept} |" in readme and "license: cc-by-nc-4.0" in readme
+    from modeling_saferoute.guards import load_guard  # the card names the precision the teacher scored in
+    precision = str(load_guard(tiny_llama_guard_dir, "llama_guard").compute_dtype).replace("torch.", "")
+    assert f"scored\n   every item in {precision}," in readme
     # a second run with the same settings resumes from complete stages and changes nothing
     before = corpus_rows(out)
     build(args)

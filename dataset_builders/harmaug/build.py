@@ -351,7 +351,12 @@ class CorpusBuild:
             stage.reset_if_changed()
 
         def work(index):
-            return label.label_shard(self.models.teacher(), items[index * args.label_shard_size : (index + 1) * args.label_shard_size])
+            teacher = self.models.teacher()
+            record = self.work / "label" / "teacher_precision.txt"  # what the card says the scores were computed in
+            if not record.exists():
+                record.parent.mkdir(parents=True, exist_ok=True)
+                record.write_text(str(teacher.compute_dtype or "remote").replace("torch.", ""))
+            return label.label_shard(teacher, items[index * args.label_shard_size : (index + 1) * args.label_shard_size])
 
         return _run_stage(stage, self.state, work, "label")
 
@@ -363,6 +368,8 @@ class CorpusBuild:
             splits = {name: [r for r, it in zip(rows, items) if it["split"] == name] for name in SPLITS}
             stats = card.corpus_stats(splits["train"], args, counts, [r["instruction"] for r in kept],
                                       label.teacher_kind(args.teacher, args.teacher_kind), generation_meta)
+            precision = self.work / "label" / "teacher_precision.txt"
+            stats["teacher_precision"] = precision.read_text() if precision.exists() else None
             stats["roles"] = self.roles.record(STUDENT_ROLES + ("validation",))
             stats["arguments"] = recorded_arguments(args)
             stats["splits"] = {name: len(part) for name, part in splits.items()}
