@@ -123,16 +123,16 @@ def build_tiny_llama_guard(out):
     return out
 
 
-def _tiny_llama(out, template, special, seed=0, head_scale=1.0):
+def _tiny_llama(out, template, special, seed=0, head_scale=1.0, hidden_size=32, max_length=1024):
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=_train_tokenizer(special + ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]),
-        unk_token="[UNK]", pad_token="<pad>", bos_token="<s>", eos_token="</s>", model_max_length=1024,
+        tokenizer_object=_train_tokenizer(special), unk_token="[UNK]", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        model_max_length=max_length,
     )
     tokenizer.chat_template = template
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+        vocab_size=tokenizer.vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=max_length,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     model = LlamaForCausalLM(config)
@@ -143,38 +143,26 @@ def _tiny_llama(out, template, special, seed=0, head_scale=1.0):
     return out
 
 
+LG3_SPECIAL = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+
 def build_tiny_vllm_guard(out):
     """The tiny guard in dimensions vLLM's CPU kernels take (head size 64): hidden 128, 2 heads, with
     the tiny guard template and a head scaled 20x so that P(unsafe) varies across inputs."""
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=_train_tokenizer(["<pad>", "[UNK]", "<s>", "</s>", "<|user|>", "<|assistant|>"]),
-        unk_token="[UNK]", pad_token="<pad>", bos_token="<s>", eos_token="</s>", model_max_length=512,
-    )
-    tokenizer.chat_template = TINY_GUARD_TEMPLATE
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(20.0)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return _tiny_llama(out, TINY_GUARD_TEMPLATE, ["<pad>", "[UNK]", "<s>", "</s>", "<|user|>", "<|assistant|>"],
+                       head_scale=20.0, hidden_size=128, max_length=512)
 
 
 def build_tiny_llama_guard3(out):
     """A tiny random Llama with the Llama-Guard-3-style template above (a stand-in for Llama-Guard-3-8B/1B);
     its head is scaled 25x: a random 32-wide head at init scale caps the logits near 0.6, too little
     for LoRA (which TRL keeps off the head) to move P(unsafe) much."""
-    return _tiny_llama(out, LG3_STYLE_TEMPLATE, ["<pad>", "[UNK]", "<s>", "</s>", "<|user|>", "<|assistant|>"], seed=1, head_scale=25.0)
+    return _tiny_llama(out, LG3_STYLE_TEMPLATE, ["<pad>", "[UNK]", "<s>", "</s>", "<|user|>", "<|assistant|>"] + LG3_SPECIAL, seed=1, head_scale=25.0)
 
 
 def build_tiny_instruct(out):
     """A tiny random instruct Llama (a stand-in for the paper's generator and paraphraser)."""
-    return _tiny_llama(out, INSTRUCT_TEMPLATE, ["<pad>", "[UNK]", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"], seed=2)
+    return _tiny_llama(out, INSTRUCT_TEMPLATE, ["<pad>", "[UNK]", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"] + LG3_SPECIAL, seed=2)
 
 
 def build_tiny_deberta(out):
