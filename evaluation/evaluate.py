@@ -35,6 +35,7 @@ from dataset_builders.roles import RoleTable, mixed_sample
 from dataset_builders.seed_pool import load_seed_pool
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.guards import GUARD_KINDS, load_guard
+from modeling_saferoute.precision import precision_record, resolve_precision
 from saferoute.config import parse_args, recorded_arguments
 
 from . import metrics as M
@@ -73,7 +74,8 @@ class EvaluateArguments:
     large_budget: Optional[float] = field(default=None, metadata={"help": "Report the router threshold keeping large-model usage <= this share on the validation split, and its F1."})
     batch_size: int = field(default=32, metadata={"help": "Batch size of the student and of the guards (unless the model's config sets one)."})
     device: Optional[str] = field(default=None, metadata={"help": "Device (default: cuda when available, else cpu)."})
-    dtype: Optional[str] = field(default=None, metadata={"help": "dtype of the large guard / --guard (default: its config's)."})
+    precision: str = field(default="auto", metadata={"help": "Precision of the student, the large guard and --guard: 'auto' (bf16 where the device multiplies it natively; float32 elsewhere), 'bf16' or 'float32'."})
+    dtype: Optional[str] = field(default=None, metadata={"help": "Weight dtype of the large guard / --guard (default: its config's)."})
     max_length: Optional[int] = field(default=None, metadata={"help": "Token budget of the large guard / --guard (default: the SafeRoute config's, else the guard's own)."})
     plots: bool = field(default=True, metadata={"help": "Write the PNG plots."})
     recompute: bool = field(default=False, metadata={"help": "Ignore (and overwrite) cached scores."})
@@ -81,14 +83,14 @@ class EvaluateArguments:
 
 
 # -- scorers ----------------------------------------------------------------------------------------
-def student_scorer(model, batch_size, device):
+def student_scorer(model, batch_size, device, precision="auto"):
     """Student P(unsafe) and router score from the SafeRoute pipeline with route="never"."""
 
     def load():
         import torch
 
         pipe = pipeline("text-classification", model=model, trust_remote_code=True,
-                        device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+                        device=device or ("cuda" if torch.cuda.is_available() else "cpu"), autocast_dtype=precision)
 
         def score(items):
             out = {c: [] for c in STUDENT_COLUMNS}
@@ -137,6 +139,17 @@ def _average_throughput(per_benchmark):
         s: _throughput(sum(b[s]["examples"] for b in per_benchmark.values()), sum(b[s]["seconds"] for b in per_benchmark.values()))
         for s in systems
     }
+
+
+def _device(args):
+    import torch
+
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _ran(args):
+    """The precision this run scores in (part of every cache key: bf16 and float32 scores differ)."""
+    return resolve_precision(args.precision, _device(args), warn=False)
 
 
 def _check(args):
@@ -204,10 +217,10 @@ class _Run:
 def _evaluate_guard(args, datasets, run):
     """Guard mode: one guard's scores on every benchmark. Returns (models, metrics, scored)."""
     key, info = model_key("guard", args.guard, args.guard_kind, revision=args.guard_revision, dtype=args.dtype,
-                          max_length=args.max_length)
+                          max_length=args.max_length, precision=_ran(args))
     cache = ScoreCache(Path(args.output_dir) / "cache" / f"{key}.parquet", GUARD_COLUMNS, info, args.recompute)
     scorer = guard_scorer(args.guard, args.guard_kind, args.batch_size, revision=args.guard_revision,
-                          dtype=args.dtype, device=args.device, max_length=args.max_length)
+                          dtype=args.dtype, device=args.device, max_length=args.max_length, autocast_dtype=args.precision)
     for name, ds in datasets.items():
         scores = cached_scores(cache, scorer, ds, name)
         labels = np.asarray(ds["label"])
@@ -227,13 +240,15 @@ def _evaluate_saferoute(args, datasets, run, settings):
     config = AutoConfig.from_pretrained(resolve(args.model), trust_remote_code=True)
     router_threshold = config.router_threshold if args.router_threshold is None else args.router_threshold
     large_name, large_kind, large_kwargs, large_batch = _large_guard_reference(args, config)
-    s_key, s_info = model_key("saferoute", args.model, "saferoute", max_length=getattr(config, "max_input_length", None))
+    s_key, s_info = model_key("saferoute", args.model, "saferoute", max_length=getattr(config, "max_input_length", None),
+                              precision=_ran(args))
     l_key, l_info = model_key("large", large_name, large_kind, revision=large_kwargs["revision"], dtype=large_kwargs["dtype"],
+                              precision=_ran(args),
                               **{k: v for k, v in large_kwargs.items() if k not in ("revision", "dtype", "device", "batch_size")})
     s_cache = ScoreCache(output / "cache" / f"{s_key}.parquet", STUDENT_COLUMNS, s_info, args.recompute)
     l_cache = ScoreCache(output / "cache" / f"{l_key}.parquet", GUARD_COLUMNS, l_info, args.recompute)
-    s_scorer = student_scorer(args.model, args.batch_size, args.device)
-    l_scorer = guard_scorer(large_name, large_kind, large_batch, **large_kwargs)
+    s_scorer = student_scorer(args.model, args.batch_size, args.device, args.precision)
+    l_scorer = guard_scorer(large_name, large_kind, large_batch, autocast_dtype=args.precision, **large_kwargs)
     temperature, validation = 1.0, None
     if args.validation != "none":
         val = _validation_split(args)
@@ -300,7 +315,7 @@ def run_evaluation(args: EvaluateArguments):
     names = parse_benchmark_names(args.benchmarks)
     datasets = load_benchmarks(names, args.benchmark_source, args.max_per_benchmark, args.seed)
     settings = {"benchmarks": names, "benchmark_source": args.benchmark_source, "max_per_benchmark": args.max_per_benchmark,
-                "seed": args.seed, "threshold": args.threshold}
+                "seed": args.seed, "threshold": args.threshold, "precision": precision_record(args.precision, _device(args))}
     run, validation = _Run(), None
     if args.guard:
         models, metrics, scored = _evaluate_guard(args, datasets, run)

@@ -17,6 +17,7 @@ REMOTE_CODE_FILES = (
     "guard_backends.py",
     "inputs.py",
     "bundled.py",
+    "precision.py",
 )
 PIPELINE_IMPL = {
     "impl": "pipeline_saferoute.SafeRoutePipeline",

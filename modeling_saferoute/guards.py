@@ -10,8 +10,6 @@ Items are any guard input form (see `inputs.normalize_input`): a causal-LM guard
 conversation through its chat template, a sequence classifier the pair encoding of its last turns.
 """
 
-import contextlib
-import functools
 import math
 
 import torch
@@ -19,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from .bundled import resolve
 from .inputs import CHARS_PER_TOKEN_CAP, encode_pairs, length_sorted_batches, normalize_batch, tokenizer_lock, turns_of
+from .precision import autocast_context, resolve_autocast
 
 CUT_MARKER = " [...] "  # stands where the middle of an over-long message was cut
 
@@ -35,47 +34,6 @@ def resolve_dtype(dtype):
     if not hasattr(torch, str(dtype)):
         raise ValueError(f"Unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16' or 'auto'.")
     return getattr(torch, dtype)
-
-
-def native_bf16(device):
-    """Does `device` multiply bf16 matrices natively: a CUDA GPU with bf16, or a CPU with AMX or
-    AVX512-BF16 (read from /proc/cpuinfo)? Where it does, bf16 autocast is the fast default."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    return bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"})
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def resolve_autocast(autocast_dtype, device):
-    """The autocast dtype to run with on `device`: "auto" -> bf16 where it is native (`native_bf16`),
-    else none; None / "float32" / "none" -> none; a dtype or its name -> that dtype."""
-    if autocast_dtype == "auto":
-        return torch.bfloat16 if native_bf16(device) else None
-    if autocast_dtype in (None, "none", "float32", torch.float32):
-        return None
-    dtype = resolve_dtype(autocast_dtype)
-    if dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"autocast_dtype must be 'auto', 'none', 'float32', 'bfloat16' or 'float16', got {autocast_dtype!r}.")
-    return dtype
-
-
-def autocast_context(device, dtype):
-    """`torch.autocast` on `device` with `dtype`, or a no-op context when `dtype` is None."""
-    return torch.autocast(torch.device(device).type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def resolve_device(device):

@@ -18,8 +18,9 @@ import time
 import torch
 from transformers import Pipeline
 
-from .guards import autocast_context, load_guard, resolve_autocast
+from .guards import load_guard
 from .inputs import encode_pairs, is_conversation, length_sorted_batches, normalize_batch, windows
+from .precision import autocast_context, normalize_precision, resolve_autocast
 
 ROUTE_MODES = ("auto", "never", "always")
 LONG_INPUTS = ("truncate", "chunk")
@@ -98,7 +99,7 @@ class SafeRoutePipeline(Pipeline):
                     raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
                 target[name] = value
         if autocast_dtype is not None:
-            resolve_autocast(autocast_dtype, "cpu")  # refuses what is not a dtype
+            normalize_precision(autocast_dtype)  # refuses what is not a precision
             forward["autocast_dtype"] = autocast_dtype
         if large_guard_batch_size is not None:
             post["large_guard_batch_size"] = _positive_int("large_guard_batch_size", large_guard_batch_size)

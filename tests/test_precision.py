@@ -12,7 +12,7 @@ from dataset_builders.schema import guard_items
 from dataset_builders.seed_pool import load_seed_pool
 from dataset_builders.splits import stratified_sample
 from modeling_saferoute.bundled import resolve
-from modeling_saferoute.guards import native_bf16
+from modeling_saferoute.precision import native_bf16
 from modeling_saferoute.inputs import encode_pairs
 from publishing.package import PackageArguments, package
 

@@ -129,7 +129,7 @@ def test_choose_threshold_budget_and_f1():
 def test_train_router_on_the_router_rows_and_package(corpus_dir, student_dir, tiny_llama_guard_dir, tmp_path):
     out = tmp_path / "saferoute"
     result = train_router(roles_args(corpus_dir, "--student", str(student_dir), "--output_dir", str(out), "--max_steps", "30",
-                                     "--batch_size", "64", "--eval_steps", "10", "--autocast_dtype", "none"))  # float32: exact comparisons
+                                     "--batch_size", "64", "--eval_steps", "10", "--precision", "float32"))  # float32: exact comparisons
     table = result["table"]
     pool_file, roles_dir = tiny_paths(corpus_dir)
     roles = RoleTable(roles_dir)

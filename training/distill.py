@@ -50,8 +50,10 @@ from modeling_saferoute.bundled import resolve
 from modeling_saferoute.configuration_saferoute import LABELS
 from modeling_saferoute.inputs import encode_pairs
 from modeling_saferoute.modeling_saferoute import position_limit
+from modeling_saferoute.precision import precision_record
 from saferoute.config import parse_args, recorded_arguments
 
+from .precision import training_precision
 from .sampling import BalancedSamplingMixin, TimeBudgetCallback, remove_checkpoints
 
 logger = logging.getLogger(__name__)
@@ -88,7 +90,8 @@ class DistillConfig(TrainingArguments):
     num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs of the full HarmAug run; ablations train for the same number of steps."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Eval batch size per device."})
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast (CPU too); --no-bf16 for float32."})
+    precision: str = field(default="auto", metadata={"help": "'auto' (bf16 where the device multiplies it natively: AMX / AVX512-BF16 CPUs, bf16 GPUs; float32 elsewhere), 'bf16' or 'float32'."})
+    bf16: Optional[bool] = field(default=None, metadata={"help": "Set from --precision (an explicit true / false forces bf16 / float32)."})
     train_sampling_strategy: str = field(default="group_by_length", metadata={"help": "'group_by_length' (length-grouped, with the balanced sampler too) or 'random'."})
     eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate."})
     eval_steps: Optional[float] = field(default=0.1, metadata={"help": "Evaluate every N steps (or ratio < 1 of the run)."})
@@ -109,8 +112,9 @@ class DistillConfig(TrainingArguments):
             raise ValueError(f"--step-budget must be 'harmaug' or 'epochs', got {self.step_budget!r}.")
         if self.train_sampling_strategy not in ("group_by_length", "random"):
             raise ValueError(f"--train-sampling-strategy must be 'group_by_length' or 'random' here, got {self.train_sampling_strategy!r}.")
-        if self.bf16 and not torch.cuda.is_available():
-            self.use_cpu = True  # bf16 autocast on CPU
+        if not torch.cuda.is_available():
+            self.use_cpu = True  # autocast on CPU, and no accelerator search
+        self.precision, self.bf16 = training_precision(self.precision, self.bf16, self.use_cpu)
         super().__post_init__()
 
 
@@ -324,6 +328,7 @@ def training_record(args, run_args, trainer, result, metrics, rows, validation, 
         "train_loss": result.training_loss,
         "log_history": trainer.state.log_history,
         "train_seconds": round(seconds, 1),
+        "precision": precision_record(args.precision, "cpu" if args.use_cpu else "cuda"),
         "hyperparameters": {k: v for k, v in recorded_arguments(run_args).items() if k in _RECORDED},
         "arguments": recorded_arguments(args),
     }
@@ -371,7 +376,7 @@ def distill(args: DistillConfig):
 
 _RECORDED = (
     "learning_rate", "weight_decay", "max_grad_norm", "lr_scheduler_type", "warmup_steps", "num_train_epochs", "max_steps",
-    "per_device_train_batch_size", "gradient_accumulation_steps", "bf16", "seed", "validation_size", "balanced",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "precision", "bf16", "seed", "validation_size", "balanced",
     "train_sampling_strategy", "metric_for_best_model", "max_train_rows", "max_seconds", "step_budget",
 )
 

@@ -50,9 +50,11 @@ from dataset_builders.seed_pool import load_seed_pool
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.guards import GUARD_KINDS, load_guard
 from modeling_saferoute.inputs import encode_pairs
+from modeling_saferoute.precision import precision_record
 from saferoute.config import parse_args, recorded_arguments
 
 from .guard_template import DEFAULT_POLICY, guard_chat_template
+from .precision import training_precision
 from .sampling import BalancedSamplingMixin, TimeBudgetCallback, remove_checkpoints
 
 logger = logging.getLogger(__name__)
@@ -97,7 +99,8 @@ class TrainGuardConfig(SFTConfig):
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up steps (int) or ratio of the run (< 1)."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Batch size per device."})
-    bf16: Optional[bool] = field(default=False, metadata={"help": "bf16 mixed precision (CPU autocast too: ~4x fp32 matmuls on recent CPUs)."})
+    precision: str = field(default="auto", metadata={"help": "'auto' (bf16 where the device multiplies it natively: AMX / AVX512-BF16 CPUs, bf16 GPUs; float32 elsewhere), 'bf16' or 'float32'."})
+    bf16: Optional[bool] = field(default=None, metadata={"help": "Set from --precision (an explicit true / false forces bf16 / float32)."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory (large bases on GPUs)."})
     train_sampling_strategy: str = field(default="group_by_length", metadata={"help": "'group_by_length' (batches of similar length) or 'random'."})
     save_strategy: str = field(default="no", metadata={"help": "'steps' with --save_steps N keeps checkpoints to resume long runs; 'no' saves only the result."})
@@ -119,6 +122,7 @@ class TrainGuardConfig(SFTConfig):
         self.source_weights = parse_weights(self.source_weights)
         if not torch.cuda.is_available():
             self.use_cpu = True  # bf16 autocast on CPU, and no accelerator search
+        self.precision, self.bf16 = training_precision(self.precision, self.bf16, self.use_cpu)
         super().__post_init__()
 
 
@@ -309,6 +313,7 @@ def training_record(args, trainer, result, seconds, cpu_seconds, budget, train_d
         "train_seconds": round(seconds, 1),
         "train_cpu_seconds": round(cpu_seconds, 1),  # all threads: compare runs on a shared machine
         "torch_threads": torch.get_num_threads(),
+        "precision": precision_record(args.precision, "cpu" if args.use_cpu else "cuda"),
         "train_examples_seen": seen,
         "train_examples_per_second": round(seen / seconds, 3),
         "train_loss": result.metrics.get("train_loss"),

@@ -42,7 +42,8 @@ from dataset_builders.seed_pool import load_seed_pool
 from dataset_builders.splits import stratified_split
 from evaluation.methods import RoutingInputs, choose_router_threshold, evaluate_methods
 from evaluation.metrics import router_label
-from modeling_saferoute.guards import GUARD_KINDS, autocast_context, load_guard, resolve_autocast
+from modeling_saferoute.guards import GUARD_KINDS, load_guard
+from modeling_saferoute.precision import autocast_context, precision_record, resolve_autocast
 from modeling_saferoute.inputs import encode_pairs, length_sorted_batches
 from publishing.package import PackageArguments, load_student, package
 from saferoute.config import parse_args, recorded_arguments
@@ -90,7 +91,7 @@ class TrainRouterArguments:
     threshold: float = field(default=0.5, metadata={"help": "P(unsafe) above this is 'unsafe' (student, large guard, packaged model)."})
     max_length: Optional[int] = field(default=None, metadata={"help": "Student token budget (default: the one it was distilled with)."})
     feature_batch_size: int = field(default=64, metadata={"help": "Batch size of the student forward that computes the features."})
-    autocast_dtype: str = field(default="auto", metadata={"help": "Precision of the student and large-guard forwards: 'auto' (bf16 where native, as the deployed pipeline runs), 'none' (float32)."})
+    precision: str = field(default="auto", metadata={"help": "Precision of the student and large-guard forwards: 'auto' (bf16 where the device multiplies it natively, as the deployed pipeline runs; float32 elsewhere), 'bf16' or 'float32'."})
     paraphrases: int = field(default=0, metadata={"help": "LLM paraphrases per training-split example (labels copied, both guards re-run on them); 0: none."})
     paraphraser: str = field(default="bundled:smollm2-135m-instruct", metadata={"help": "Paraphrasing LLM with a chat template (path, Hub id or bundled: alias)."})
     paraphrase_backend: str = field(default="transformers", metadata={"help": "Generation backend of the paraphraser: 'transformers' or 'vllm' (optional dependency)."})
@@ -188,7 +189,7 @@ def load_large_guard(args, ref):
     Within one `train_router` run it is loaded once (rows, then their paraphrases)."""
     check_large_guard(ref)
     return _load_guard_once(ref["name_or_path"], ref["kind"], ref["revision"], ref["dtype"], args.large_guard_batch_size,
-                            args.large_guard_max_length, args.autocast_dtype)
+                            args.large_guard_max_length, args.precision)
 
 
 @functools.lru_cache(maxsize=1)
@@ -231,7 +232,7 @@ def paraphrase_rows(args, rows, large_ref, model, tokenizer, max_length):
     if not new:
         return None, None, {**stats, "positive_rate": None}
     items = [{"prompt": r["prompt"], "response": r["response"]} for r in new]
-    features, student_p = student_features(model, tokenizer, items, max_length, args.feature_batch_size, args.autocast_dtype)
+    features, student_p = student_features(model, tokenizer, items, max_length, args.feature_batch_size, args.precision)
     large_p = np.asarray(load_large_guard(args, large_ref).score(items, show_progress=True), dtype=float)
     y = np.array([r["y"] for r in new])
     t = router_label(y, student_p, large_p, args.threshold)
@@ -261,7 +262,7 @@ def _train_router(args):
     if not head_trained:
         raise ValueError(f"The student {args.student} has no trained classification head: distill it first.")
     max_length = args.max_length or info.get("max_length") or model.max_length
-    features, student_p = student_features(model, tokenizer, guard_rows(rows), max_length, args.feature_batch_size, args.autocast_dtype)
+    features, student_p = student_features(model, tokenizer, guard_rows(rows), max_length, args.feature_batch_size, args.precision)
     table = router_table(rows, student_p, large_p, args)
     train_idx, val_idx = [i for i, s in enumerate(table["split"]) if s == "train"], [i for i, s in enumerate(table["split"]) if s == "validation"]
     train_x, train_t = features[train_idx], torch.as_tensor(table["t"])[train_idx]
@@ -288,6 +289,7 @@ def _train_router(args):
         "data": args.data, "roles": roles.record(["router"]), "rows_per_source": rows_per_source(rows), "max_length": max_length,
         "examples": {"train": len(train_idx), "validation": len(val_idx), "train_paraphrases": 0 if para_table is None else len(para_table)},
         "positive_rate": float(np.mean(table["t"])), "large_guard": large_ref,
+        "precision": precision_record(args.precision, model.device),
         "paraphrases": para_stats, "bayesian": args.bayesian, "metrics": metrics, "fit": fit,
         "arguments": recorded_arguments(args),
     }

@@ -63,8 +63,9 @@ class BuildCorpusArguments:
     generator: str = field(default="bundled:smollm2-135m-instruct", metadata={"help": "Generator LLM (path, Hub id or bundled: alias)."})
     responder: Optional[str] = field(default=None, metadata={"help": "Responder LLM (default: the generator)."})
     backend: str = field(default="transformers", metadata={"help": "Generation backend: 'transformers' or 'vllm' (optional dependency)."})
-    dtype: str = field(default="auto", metadata={"help": "Generator / responder dtype ('auto', 'float32', 'bfloat16'...)."})
-    teacher_dtype: str = field(default="auto", metadata={"help": "Teacher dtype (soft labels: keep float32 unless the teacher is large)."})
+    precision: str = field(default="auto", metadata={"help": "Precision of generation and labeling: 'auto' (bf16 where the device multiplies it natively: AMX / AVX512-BF16 CPUs, bf16 GPUs; float32 elsewhere), 'bf16' or 'float32'."})
+    dtype: Optional[str] = field(default=None, metadata={"help": "Generator / responder weight dtype; default: --precision's ('float32', 'bfloat16'...)."})
+    teacher_dtype: str = field(default="auto", metadata={"help": "Teacher weight dtype ('auto': its checkpoint's; float32 weights are autocast by --precision)."})
     device: Optional[str] = field(default=None, metadata={"help": "Device (default: this process's accelerator, else CPU)."})
     num_requests: int = field(default=300, metadata={"help": "Generation requests (one instruction each before filtering)."})
     num_exemplars: int = field(default=3, metadata={"help": "Seed-pool harmful prompts shown per request."})
@@ -142,7 +143,7 @@ class _Models:
 
     def generator(self, name):
         if name not in self.cache:
-            self.cache[name] = generate.load_generator(name, self.args.backend, dtype=self.args.dtype, device=self.device,
+            self.cache[name] = generate.load_generator(name, self.args.backend, dtype=generation_dtype(self.args, self.device), device=self.device,
                                                       batch_size=self.args.batch_size)
         return self.cache[name]
 
@@ -150,6 +151,13 @@ class _Models:
         if "teacher" not in self.cache:
             self.cache["teacher"] = label.load_teacher(self.args, self.device)
         return self.cache["teacher"]
+
+
+def generation_dtype(args, device):
+    """The generator's weight dtype: `--dtype`, else the one of `--precision` on `device`."""
+    from modeling_saferoute.precision import torch_dtype
+
+    return args.dtype or torch_dtype(args.precision, device or "cpu")
 
 
 def seed_rows(args):
@@ -259,13 +267,13 @@ def write_corpus(output, splits, stats, rows_per_file, repo_id=None, stats_path=
     return Path(output)
 
 
-GENERATE_SETTINGS = ("seed_pool", "exemplar_sources", "generator", "backend", "dtype", "num_requests", "num_exemplars", "exemplar_max_chars",
+GENERATE_SETTINGS = ("seed_pool", "exemplar_sources", "generator", "backend", "precision", "dtype", "num_requests", "num_exemplars", "exemplar_max_chars",
                      "request", "prefix", "temperature", "top_p", "max_new_tokens", "min_new_tokens", "min_words",
                      "max_words", "max_chars", "batch_size", "shard_size", "seed")
 FILTER_SETTINGS = ("benchmarks", "ngram", "near_duplicate_threshold", "contamination_threshold")
-RESPOND_SETTINGS = ("backend", "dtype", "temperature", "top_p", "response_max_new_tokens", "response_min_new_tokens",
+RESPOND_SETTINGS = ("backend", "precision", "dtype", "temperature", "top_p", "response_max_new_tokens", "response_min_new_tokens",
                     "compliant_prefix", "refusal_prefix", "batch_size", "shard_size", "seed")
-LABEL_SETTINGS = ("teacher", "teacher_kind", "teacher_dtype", "teacher_batch_size", "teacher_max_length", "label_shard_size")
+LABEL_SETTINGS = ("teacher", "teacher_kind", "precision", "teacher_dtype", "teacher_batch_size", "teacher_max_length", "label_shard_size")
 
 
 class CorpusBuild:
@@ -370,6 +378,7 @@ class CorpusBuild:
                                       label.teacher_kind(args.teacher, args.teacher_kind), generation_meta)
             precision = self.work / "label" / "teacher_precision.txt"
             stats["teacher_precision"] = precision.read_text() if precision.exists() else None
+            stats["generation_precision"] = str(generation_dtype(args, self.models.device)).replace("torch.", "")
             stats["roles"] = self.roles.record(STUDENT_ROLES + ("validation",))
             stats["arguments"] = recorded_arguments(args)
             stats["splits"] = {name: len(part) for name, part in splits.items()}

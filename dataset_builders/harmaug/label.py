@@ -36,7 +36,8 @@ def load_teacher(args, device=None):
     kind = teacher_kind(args.teacher, args.teacher_kind)
     length = {"max_length": args.teacher_max_length} if kind == "sequence_classification" else {
         "max_content_tokens": args.teacher_max_length}
-    return load_guard(args.teacher, kind, dtype=args.teacher_dtype, device=device or args.device, batch_size=args.teacher_batch_size, **length)
+    return load_guard(args.teacher, kind, dtype=args.teacher_dtype, device=device or args.device, batch_size=args.teacher_batch_size,
+                      autocast_dtype=args.precision, **length)
 
 
 def label_shard(guard, items, batch_size=None):

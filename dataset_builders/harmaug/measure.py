@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from saferoute.config import parse_args
 
 from . import filters, generate, label
-from .build import BuildCorpusArguments, build, exemplar_rows, seed_rows
+from .build import BuildCorpusArguments, build, exemplar_rows, generation_dtype, seed_rows
 
 HARM_KEYWORDS = re.compile(
     r"\b(bomb|explosive|weapon|gun|kill|murder|poison|steal|theft|rob|hack|malware|virus|drug|meth|cocaine|"
@@ -113,7 +113,7 @@ def ablation(args, m):
 def throughput(args, m):
     seed_pool, roles, _ = seed_rows(args)
     pool = generate.exemplar_pool(exemplar_rows(args, seed_pool, roles), args.exemplar_max_chars)
-    gen = generate.load_generator(args.generator, args.backend, dtype=args.dtype, device=args.device, batch_size=1)
+    gen = generate.load_generator(args.generator, args.backend, dtype=generation_dtype(args, args.device), device=args.device, batch_size=1)
     prompts = [
         generate.render_chat(gen.tokenizer, generate.request_messages(generate.request_exemplars(pool, i, args.num_exemplars, args.seed), args.request), args.prefix)
         for i in range(m.throughput_requests)
