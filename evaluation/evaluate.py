@@ -1,11 +1,12 @@
 """`saferoute evaluate`: a SafeRoute model (student + router + its large guard) or a single guard on
 the six-benchmark suite (`dataset_builders.benchmarks`).
 
-Every model scores every example once: per-example scores are cached in
-`OUTPUT/cache/<model key>.parquet` (keyed by example id; the model key hashes the model's name,
-kind, settings and its weight files' sizes and mtimes, so another model never reuses stale
-scores, `evaluation.cache`). Every method of `evaluation.methods.METHODS` is then computed from
-the cached scores.
+Every model scores every text once: per-text scores live in the score store
+(`dataset_builders.score_store`; `--score_store`, the recipes' `{output_root}/scores`, shared with
+train-guard, build-corpus and train-router; default `OUTPUT/cache`), keyed by the exact text and by
+a model key that hashes the model's name, kind, settings, precision and its weight files' sizes and
+mtimes, so another model never reuses stale scores. Every method of `evaluation.methods.METHODS` is
+then computed from the stored scores.
 
     saferoute evaluate --model outputs/saferoute-guard --benchmarks all --max-per-benchmark 200
     saferoute evaluate --guard outputs/teacher --guard-kind llama_guard --output_dir outputs/eval/teacher
@@ -32,6 +33,8 @@ from transformers import AutoConfig, pipeline
 
 from dataset_builders.benchmarks import BENCHMARKS, SOURCES, load_benchmarks, parse_benchmark_names
 from dataset_builders.roles import RoleTable, mixed_sample
+from dataset_builders.schema import guard_items
+from dataset_builders.score_store import LazyScorer, ScoreStore, cached_scores, guard_store, model_key
 from dataset_builders.seed_pool import load_seed_pool
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.guards import GUARD_KINDS, load_guard
@@ -39,14 +42,12 @@ from modeling_saferoute.precision import precision_record, resolve_precision
 from saferoute.config import parse_args, recorded_arguments
 
 from . import metrics as M
-from .cache import LazyScorer, ScoreCache, cached_scores, model_key
 from .methods import RoutingInputs, evaluate_methods, final_scores, method_titles, routed_mask, usage_sweeps
 from .report import markdown_report, plot_pr_curves, plot_usage_sweeps
 
 logger = logging.getLogger(__name__)
 
 STUDENT_COLUMNS = ("student_unsafe_score", "router_score")
-GUARD_COLUMNS = ("unsafe_score",)
 VALIDATION = "validation"
 
 
@@ -78,7 +79,8 @@ class EvaluateArguments:
     dtype: Optional[str] = field(default=None, metadata={"help": "Weight dtype of the large guard / --guard (default: its config's)."})
     max_length: Optional[int] = field(default=None, metadata={"help": "Token budget of the large guard / --guard (default: the SafeRoute config's, else the guard's own)."})
     plots: bool = field(default=True, metadata={"help": "Write the PNG plots."})
-    recompute: bool = field(default=False, metadata={"help": "Ignore (and overwrite) cached scores."})
+    recompute: bool = field(default=False, metadata={"help": "Ignore (and overwrite) stored scores."})
+    score_store: Optional[str] = field(default=None, metadata={"help": "Folder of the score store shared by the stages (recipes: {output_root}/scores); default <output_dir>/cache."})
     model_card: bool = field(default=True, metadata={"help": "Rewrite the README.md of a local SafeRoute --model folder with these results."})
 
 
@@ -139,6 +141,10 @@ def _average_throughput(per_benchmark):
         s: _throughput(sum(b[s]["examples"] for b in per_benchmark.values()), sum(b[s]["seconds"] for b in per_benchmark.values()))
         for s in systems
     }
+
+
+def _store_root(args):
+    return args.score_store or str(Path(args.output_dir) / "cache")
 
 
 def _device(args):
@@ -216,13 +222,12 @@ class _Run:
 
 def _evaluate_guard(args, datasets, run):
     """Guard mode: one guard's scores on every benchmark. Returns (models, metrics, scored)."""
-    key, info = model_key("guard", args.guard, args.guard_kind, revision=args.guard_revision, dtype=args.dtype,
-                          max_length=args.max_length, precision=_ran(args))
-    cache = ScoreCache(Path(args.output_dir) / "cache" / f"{key}.parquet", GUARD_COLUMNS, info, args.recompute)
+    cache = guard_store(_store_root(args), args.guard, args.guard_kind, args.precision, _device(args), args.recompute,
+                        revision=args.guard_revision, dtype=args.dtype, max_length=args.max_length)
     scorer = guard_scorer(args.guard, args.guard_kind, args.batch_size, revision=args.guard_revision,
                           dtype=args.dtype, device=args.device, max_length=args.max_length, autocast_dtype=args.precision)
     for name, ds in datasets.items():
-        scores = cached_scores(cache, scorer, ds, name)
+        scores = cached_scores(cache, scorer, guard_items(ds), name)
         labels = np.asarray(ds["label"])
         with M.collect_warnings(run.warnings, f"{name}/guard"):
             run.per_method[name] = {"guard": M.classification_metrics(labels, scores["unsafe_score"], args.threshold)}
@@ -230,7 +235,7 @@ def _evaluate_guard(args, datasets, run):
         run.curves["pr"][name] = {"guard": (*M.pr_curve(labels, scores["unsafe_score"]), run.per_method[name]["guard"]["auprc"])}
         run.frames[name] = pd.DataFrame({"benchmark": name, "id": ds["id"], "label": labels, "level": ds["level"],
                                          "unsafe_score": scores["unsafe_score"], "seconds": scores["seconds"]})
-    return {"guard": info}, list(M.CLASSIFICATION_METRICS), {"guard": cache.scored}
+    return {"guard": cache.info}, list(M.CLASSIFICATION_METRICS), {"guard": cache.scored}
 
 
 def _evaluate_saferoute(args, datasets, run, settings):
@@ -242,17 +247,15 @@ def _evaluate_saferoute(args, datasets, run, settings):
     large_name, large_kind, large_kwargs, large_batch = _large_guard_reference(args, config)
     s_key, s_info = model_key("saferoute", args.model, "saferoute", max_length=getattr(config, "max_input_length", None),
                               precision=_ran(args))
-    l_key, l_info = model_key("large", large_name, large_kind, revision=large_kwargs["revision"], dtype=large_kwargs["dtype"],
-                              precision=_ran(args),
-                              **{k: v for k, v in large_kwargs.items() if k not in ("revision", "dtype", "device", "batch_size")})
-    s_cache = ScoreCache(output / "cache" / f"{s_key}.parquet", STUDENT_COLUMNS, s_info, args.recompute)
-    l_cache = ScoreCache(output / "cache" / f"{l_key}.parquet", GUARD_COLUMNS, l_info, args.recompute)
+    s_cache = ScoreStore(_store_root(args), s_key, s_info, STUDENT_COLUMNS, args.recompute)
+    l_cache = guard_store(_store_root(args), large_name, large_kind, args.precision, _device(args), args.recompute,
+                          **{k: v for k, v in large_kwargs.items() if k != "device"})
     s_scorer = student_scorer(args.model, args.batch_size, args.device, args.precision)
     l_scorer = guard_scorer(large_name, large_kind, large_batch, autocast_dtype=args.precision, **large_kwargs)
     temperature, validation = 1.0, None
     if args.validation != "none":
         val = _validation_split(args)
-        v = cached_scores(s_cache, s_scorer, val, VALIDATION)
+        v = cached_scores(s_cache, s_scorer, guard_items(val), VALIDATION)
         with M.collect_warnings(run.warnings, "validation/temperature"):
             temperature = M.fit_temperature(val["label"], v["student_unsafe_score"])
         validation = {"labels": np.asarray(val["label"]), "router": v["router_score"].to_numpy()}
@@ -261,8 +264,8 @@ def _evaluate_saferoute(args, datasets, run, settings):
                     validation=args.validation if validation is not None else None,
                     validation_examples=len(validation["labels"]) if validation is not None else 0)
     for name, ds in datasets.items():
-        s = cached_scores(s_cache, s_scorer, ds, name)
-        lg = cached_scores(l_cache, l_scorer, ds, name)
+        s = cached_scores(s_cache, s_scorer, guard_items(ds), name)
+        lg = cached_scores(l_cache, l_scorer, guard_items(ds), name)
         inputs = RoutingInputs(np.asarray(ds["label"]), s["student_unsafe_score"].to_numpy(), lg["unsafe_score"].to_numpy(),
                                s["router_score"].to_numpy(), router_threshold, args.threshold, args.entropy_threshold,
                                temperature, args.random_seeds)
@@ -287,7 +290,7 @@ def _evaluate_saferoute(args, datasets, run, settings):
         })
     if len(datasets) > 1:
         _average_curves(run.curves, list(datasets))
-    models = {"saferoute": s_info, "large_guard": l_info}
+    models = {"saferoute": s_info, "large_guard": l_cache.info}
     return models, list(M.METRICS), {"student": s_cache.scored, "large_guard": l_cache.scored}, validation
 
 

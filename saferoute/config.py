@@ -20,7 +20,7 @@ SECTIONS = ("roles", "train_guard", "build_corpus", "distill", "train_router", "
             "push", "serve", "quickstart")
 # The top-level settings a recipe may hold besides its sections; each applies to every command
 # that has a field of its name (any other top-level key is refused, never silently dropped).
-SHARED = ("output_root", "seed_pool")
+SHARED = ("output_root", "seed_pool", "score_store")
 DEFAULT_OUTPUT_ROOT = "outputs"
 ROOT = "{output_root}"
 

@@ -12,6 +12,9 @@ from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_score, recall_score
 
 import evaluation.evaluate as E
+from dataset_builders.benchmarks import load_benchmarks
+from dataset_builders.schema import guard_items
+from dataset_builders.score_store import text_key
 from evaluation import metrics as M
 from evaluation.methods import METHODS, RoutingInputs, evaluate_methods, final_scores, routed_mask
 from saferoute.cli import main as cli
@@ -50,7 +53,17 @@ def first_run(saferoute_dir, tmp_path_factory):
 
 
 def _mtimes(folder):
-    return {p.name: p.stat().st_mtime_ns for p in (folder / "cache").glob("*.parquet")}
+    """{model key: its parts' names and mtimes} of the score store under `folder`."""
+    return {d.name: sorted((p.name, p.stat().st_mtime_ns) for p in d.glob("part-*.parquet")) for d in (folder / "cache").iterdir() if d.is_dir()}
+
+
+def _parts(folder):
+    return [p for d in (folder / "cache").iterdir() if d.is_dir() for p in d.glob("part-*.parquet")]
+
+
+def _text_labels():
+    """{text key: label} of the benchmark rows evaluated (the store is keyed by text, not id)."""
+    return {text_key(it): y for ds in load_benchmarks(BENCHMARKS, "offline", 50, 0).values() for it, y in zip(guard_items(ds), ds["label"])}
 
 
 def test_first_run_writes_report_cache_and_plots(first_run):
@@ -111,12 +124,12 @@ def test_other_large_guard_is_not_served_stale_scores(first_run, saferoute_dir, 
     assert len(_mtimes(out)) == 3
 
 
-def _synthetic_cache(folder, labels_by_id):
-    """Replace every cached score by label-correlated random scores (the tiny models are near-constant)."""
+def _synthetic_cache(folder, labels_by_key):
+    """Replace every stored score by label-correlated random scores (the tiny models are near-constant)."""
     rng = np.random.default_rng(0)
-    for path in (folder / "cache").glob("*.parquet"):
+    for path in _parts(folder):
         frame = pd.read_parquet(path)
-        y = np.array([labels_by_id.get(i, rng.integers(2)) for i in frame["id"]])
+        y = np.array([labels_by_key.get(k, rng.integers(2)) for k in frame["text_key"]])
         sign = 2 * y - 1
         if "router_score" in frame:
             frame["student_unsafe_score"] = 1 / (1 + np.exp(-(0.8 * sign + rng.normal(0, 1.5, len(y)))))
@@ -165,19 +178,20 @@ def _sk(y, final, routed, target):
 def test_every_reported_number_recomputes_with_sklearn(first_run, saferoute_dir, tmp_path, monkeypatch):
     out = tmp_path / "eval"
     shutil.copytree(first_run, out)
-    first = pd.read_parquet(first_run / "scores.parquet")
-    _synthetic_cache(out, dict(zip(first["id"], first["label"])))
+    _synthetic_cache(out, _text_labels())
     monkeypatch.setattr(E, "pipeline", _boom)
     monkeypatch.setattr(E, "load_guard", _boom)
     cli(["evaluate", "--model", str(saferoute_dir), *ARGS, "--output_dir", str(out)])
     report = json.loads((out / "report.json").read_text())
     scores = pd.read_parquet(out / "scores.parquet")
     settings = report["settings"]
-    for path in (out / "cache").glob("*.parquet"):  # each row carries its own id's cached score
-        cache = pd.read_parquet(path).drop_duplicates("id").set_index("id")
+    keys = {(b, i): text_key(it) for b, ds in load_benchmarks(BENCHMARKS, "offline", 50, 0).items() for i, it in zip(ds["id"], guard_items(ds))}
+    row_keys = [keys[(b, i)] for b, i in zip(scores["benchmark"], scores["id"])]
+    for store in (out / "cache").iterdir():  # each row carries its own text's stored score
+        cache = pd.concat([pd.read_parquet(p) for p in store.glob("part-*.parquet")]).drop_duplicates("text_key").set_index("text_key")
         pairs = [("student_unsafe_score", "student_unsafe_score"), ("router_score", "router_score")]
         for mine, theirs in pairs if "router_score" in cache else [("large_unsafe_score", "unsafe_score")]:
-            assert (cache.loc[scores["id"], theirs].to_numpy() == scores[mine].to_numpy()).all()
+            assert (cache.loc[row_keys, theirs].to_numpy() == scores[mine].to_numpy()).all()
     for name in BENCHMARKS:
         f = scores[scores["benchmark"] == name]
         y, s, r, lg = (f[c].to_numpy() for c in ("label", "student_unsafe_score", "router_score", "large_unsafe_score"))

@@ -208,7 +208,8 @@ def test_respond_and_label_stages(tiny_llama_guard_dir):
     guard = label.load_teacher(args, "cpu")
     items = [{"id": "a", "prompt": "How do I pick a lock?", "response": None},
              {"id": "b", "prompt": "How do I pick a lock?", "response": out[0]["response"]}]
-    scored, _ = label.label_shard(guard, items)
+    store = label.teacher_store(args, "cpu", None)  # in memory
+    scored, _ = label.label_shard(store, lambda: guard, items)
     assert [s["id"] for s in scored] == ["a", "b"]
     assert [s["unsafe_score"] for s in scored] == pytest.approx(guard.score([{"prompt": i["prompt"], "response": i["response"]} for i in items]))
     assert all(0 < s["unsafe_score"] < 1 for s in scored) and scored[0]["unsafe_score"] != scored[1]["unsafe_score"]

@@ -1,9 +1,13 @@
 """`saferoute/recipes/paper.yaml` end to end on CPU, with the Hub models replaced by tiny random
-models of the same architectures: a Llama with a Llama-Guard-3-style template (S1-S14, "\\n\\n"
-suffix) as the large guard (the stand-in of Llama-Guard-3-8B) and, adapted by train-guard (LoRA, the
-recipe's optional first stage), as the corpus' teacher (two tiny random guards that disagree give the
-router label t positives), a DeBERTa-v2 classifier (relative positions only) as the
-student, a tiny instruct Llama as generator and paraphraser. Every stage reads the recipe file plus
+models of the same architectures: a tiny random Llama with a Llama-Guard-3-style template (S1-S14,
+"\\n\\n" suffix), adapted by train-guard (LoRA, the recipe's optional first stage), as the corpus'
+teacher; a DeBERTa-v2 classifier (relative positions only) as the student; a tiny instruct Llama as
+generator and paraphraser; and as the large guard (the stand-in of Llama-Guard-3-8B) a Llama of the
+same template whose verdict is set by hand (unsafe iff a marker word is in the conversation). The
+router learns from pairs of rows that differ only in that marker, which no stage before it saw: the
+large guard is right on every row by construction and the student, blind to the marker, is wrong on
+one row of each pair it does not split, so the router label t has positives on any CPU, in any
+precision. Every stage reads the recipe file plus
 overrides; build-corpus and distill run under `torchrun --nproc_per_node 2` (gloo); bundled models
 are disabled (SAFEROUTE_BUNDLED=0), so nothing in the chain can fall back on one."""
 
@@ -18,12 +22,25 @@ import yaml
 from datasets import load_dataset
 
 from tiny_corpus import tiny_pool_rows, write_pool
-from tiny_models import build_tiny_deberta, build_tiny_instruct, build_tiny_llama_guard3
+from tiny_models import build_tiny_deberta, build_tiny_instruct, build_tiny_keyword_guard3, build_tiny_llama_guard3
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "saferoute" / "recipes" / "paper.yaml"
+MARKER = "verdict"  # the hand-set large guard's unsafe word: in no pool row, template or benchmark sample here
+
+
+def router_pairs(n_pairs=24):
+    """Router rows neither model saw: each pool-style text twice, without the marker (label 0) and
+    with it (label 1), as the large guard reads them."""
+    rows = []
+    for i, row in enumerate(tiny_pool_rows(n_pairs, seed=7, sources=("router_pairs",))):
+        for label in (0, 1):
+            prompt = f"{row['prompt']} {MARKER}" if label and row["response"] is None else row["prompt"]
+            response = f"{row['response']} {MARKER}" if label and row["response"] is not None else row["response"]
+            rows.append({**row, "id": f"router_pairs-{2 * i + label:012x}", "prompt": prompt, "response": response, "label": label})
+    return rows
 
 
 def run(cmd, cwd, timeout=900, **env_extra):
@@ -46,8 +63,9 @@ def chain(tmp_path_factory):
     """Runs every stage of paper.yaml once; returns the folders, the overrides and the single-process corpus."""
     root = tmp_path_factory.mktemp("paper")
     models = {"guard": build_tiny_llama_guard3(root / "tiny-llama-guard-3"), "student": build_tiny_deberta(root / "tiny-deberta-v2"),
-              "instruct": build_tiny_instruct(root / "tiny-instruct")}
+              "instruct": build_tiny_instruct(root / "tiny-instruct"), "large": build_tiny_keyword_guard3(root / "tiny-keyword-guard-3", MARKER)}
     pool = write_pool(root / "wildguardmix-train.jsonl", tiny_pool_rows(320, sources=("wildguardmix",)))
+    router_data = write_pool(root / "router-pairs.jsonl", router_pairs())
     bench = root / "bench"
     bench.mkdir()
     (bench / "suite.jsonl").write_text(json.dumps({"prompt": "What is the capital of France?"}) + "\n")
@@ -65,7 +83,7 @@ def chain(tmp_path_factory):
                          "label_shard_size": 32, "benchmarks": str(bench)},
         "distill": {"student": str(models["student"]), "max_length": 128, "per_device_train_batch_size": 8,
                     "gradient_accumulation_steps": 2, "per_device_eval_batch_size": 8},
-        "train_router": {"large_guard": str(models["guard"]), "paraphraser": str(models["instruct"]), "paraphrase_backend": "transformers",
+        "train_router": {"large_guard": str(models["large"]), "data": router_data, "paraphraser": str(models["instruct"]), "paraphrase_backend": "transformers",
                          "paraphrase_max_new_tokens": 12, "paraphrase_batch_size": 8, "large_guard_batch_size": 8},
         "evaluate": {"benchmark_source": "offline", "max_per_benchmark": 8, "max_validation": 16, "batch_size": 8},
     }
@@ -103,7 +121,7 @@ def test_every_setting_of_the_recipe_reaches_its_stage(chain):
     roles_summary = got.pop("roles")
     assert roles_summary["shares"] == {k: recipe["roles"][k] for k in ("teacher", "router", "validation")}
     for section, settings in recipe.items():
-        if section in ("output_root", "seed_pool", "roles"):
+        if section in ("output_root", "seed_pool", "score_store", "roles"):
             continue
         for key, value in settings.items():
             expected = chain["overrides"].get(section, {}).get(key, value)
@@ -132,7 +150,7 @@ def test_the_paper_settings_shape_each_model(chain):
     assert para["mode"] == "pair" and para["requested"] == 7 * router["examples"]["train"]
     assert para["made"] + sum(para["dropped"].values()) == para["requested"]
     config = json.loads((out / "saferoute-guard" / "config.json").read_text())
-    assert config["large_guard"] == {"name_or_path": str(chain["models"]["guard"]), "kind": "llama_guard", "revision": None,
+    assert config["large_guard"] == {"name_or_path": str(chain["models"]["large"]), "kind": "llama_guard", "revision": None,
                                      "dtype": "bfloat16"}
     teacher = json.loads((chain["guard"] / "training_info.json").read_text())
     assert teacher["global_steps"] == 40 and 0 < router["positive_rate"] < 1

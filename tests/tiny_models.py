@@ -160,6 +160,47 @@ def build_tiny_llama_guard3(out):
     return _tiny_llama(out, LG3_STYLE_TEMPLATE, ["<pad>", "[UNK]", "<s>", "</s>", "<|user|>", "<|assistant|>"] + LG3_SPECIAL, seed=1, head_scale=25.0)
 
 
+def build_tiny_keyword_guard3(out, keyword="verdict"):
+    """A Llama with the Llama-Guard-3-style template whose verdict is set by hand: "unsafe" exactly when
+    `keyword` (one token of the vocabulary, absent from the template) is in the conversation, with a
+    logit margin of at least 10 either way for renderings up to 2,000 tokens, in float32 and bf16 alike.
+
+    One layer: the keyword's embedding has channel 0, every token has channel 1; attention with zero
+    queries and keys averages the positions, its value/output carry channel 0 to the last position
+    (4 * keywords / tokens after the RMS norm), the MLP is off, and the head compares the two channels:
+    logit(unsafe) - logit(safe) = 2000 * n1 * (4 * k / T - 0.002)."""
+    special = ["<pad>", "[UNK]", "<s>", "</s>", "<|user|>", "<|assistant|>"] + LG3_SPECIAL
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(special), unk_token="[UNK]", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        model_max_length=2048,
+    )
+    tokenizer.chat_template = LG3_STYLE_TEMPLATE
+    (kw,) = tokenizer.encode(keyword, add_special_tokens=False)
+    safe, unsafe = (tokenizer.encode(w, add_special_tokens=False)[0] for w in ("safe", "unsafe"))
+    config = LlamaConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()
+        for norm in (model.model.layers[0].input_layernorm, model.model.layers[0].post_attention_layernorm, model.model.norm):
+            norm.weight.fill_(1.0)
+        embed = model.model.embed_tokens.weight
+        embed[:, 1] = 1.0
+        embed[kw, 0] = 1.0
+        attention = model.model.layers[0].self_attn
+        attention.v_proj.weight[0, 0] = 1.0  # channel 0 -> head 0, value channel 0
+        attention.o_proj.weight[0, 0] = 1.0  # -> hidden channel 0
+        model.lm_head.weight[unsafe, 0] = 2000.0
+        model.lm_head.weight[safe, 1] = 2000.0 * 0.002
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def build_tiny_instruct(out):
     """A tiny random instruct Llama (a stand-in for the paper's generator and paraphraser)."""
     return _tiny_llama(out, INSTRUCT_TEMPLATE, ["<pad>", "[UNK]", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"] + LG3_SPECIAL, seed=2)

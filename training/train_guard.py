@@ -46,6 +46,7 @@ from trl import SFTConfig, SFTTrainer
 
 from dataset_builders.roles import RoleTable, mixed_sample, parse_weights, rows_per_source
 from dataset_builders.schema import guard_items
+from dataset_builders.score_store import guard_scores, guard_store
 from dataset_builders.seed_pool import load_seed_pool
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.guards import GUARD_KINDS, load_guard
@@ -92,6 +93,7 @@ class TrainGuardConfig(SFTConfig):
     balanced_sampling: bool = field(default=True, metadata={"help": "Draw training examples with probability 1/class count (WeightedRandomSampler)."})
     max_seconds: Optional[float] = field(default=None, metadata={"help": "Opt-in wall-clock cap: stop training gracefully after this many seconds (recorded as stopped_early)."})
     per_device_eval_batch_size: int = field(default=32, metadata={"help": "Batch size of the validation scoring."})
+    score_store: Optional[str] = field(default=None, metadata={"help": "Folder of the score store shared by the stages (recipes: {output_root}/scores): the validation scores are reused by build-corpus and evaluate; default: none."})
     # TrainingArguments / SFTConfig fields with this command's defaults
     output_dir: Optional[str] = field(default="{output_root}/teacher", metadata={"help": "Output guard folder (what `load_guard(OUT, kind)` loads); checkpoints go to its checkpoint-* subfolders."})
     max_length: Optional[int] = field(default=256, metadata={"help": "Token budget (see the class docstring)."})
@@ -221,13 +223,13 @@ def encode_llama_guard_dataset(adapter, dataset, max_length):
     return Dataset.from_dict(rows), labels
 
 
-def validation_metrics(guard, dataset, batch_size):
-    """F1 (threshold 0.5), AUPRC, accuracy and scoring speed of `guard` on `dataset` rows."""
+def validation_metrics(score, dataset):
+    """F1 (threshold 0.5), AUPRC, accuracy and scoring speed of a guard (`score(items) -> P(unsafe)`) on `dataset` rows."""
     from sklearn.metrics import accuracy_score, average_precision_score, f1_score
 
     items, labels = guard_items(dataset), list(dataset["label"])
     start = time.perf_counter()
-    scores = guard.score(items, batch_size=batch_size, show_progress=True)
+    scores = score(items)
     seconds = time.perf_counter() - start
     preds = [int(s > 0.5) for s in scores]
     return {
@@ -349,8 +351,11 @@ def train_guard(args: TrainGuardConfig):
         if args.kind == "llama_guard":
             merge_lora(args, output / ADAPTER_DIR, output)
             tokenizer.save_pretrained(output)  # ships the guard chat template
-        guard = load_guard(str(output), args.kind, **adapter_options(args))
-        val_metrics = validation_metrics(guard, val, args.per_device_eval_batch_size)
+        device = "cpu" if args.use_cpu else "cuda"
+        store = guard_store(args.score_store, str(output), args.kind, args.precision, device, **adapter_options(args))
+        load = lambda: load_guard(str(output), args.kind, autocast_dtype=args.precision, **adapter_options(args))  # noqa: E731
+        val_metrics = validation_metrics(
+            lambda items: guard_scores(store, load, items, "validation", batch_size=args.per_device_eval_batch_size), val)
         info = training_record(args, trainer, result, seconds, cpu_seconds, budget, train_ds, class_labels, train, val,
                                val_metrics, roles)
         remove_checkpoints(output)

@@ -38,6 +38,7 @@ from dataset_builders.harmaug.card import corpus_teacher
 from dataset_builders.harmaug.generate import BACKENDS, load_generator
 from dataset_builders.roles import RoleTable, mixed_sample, parse_weights, rows_per_source
 from dataset_builders.schema import first_row_per_id
+from dataset_builders.score_store import guard_scores, guard_store
 from dataset_builders.seed_pool import load_seed_pool
 from dataset_builders.splits import stratified_split
 from evaluation.methods import RoutingInputs, choose_router_threshold, evaluate_methods
@@ -101,6 +102,7 @@ class TrainRouterArguments:
     paraphrase_top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling top-p of the paraphraser."})
     paraphrase_batch_size: int = field(default=16, metadata={"help": "Batch size of paraphrase generation."})
     seed: int = field(default=0, metadata={"help": "Seed of the split, the sampler and the initialisation."})
+    score_store: Optional[str] = field(default=None, metadata={"help": "Folder of the score store shared by the stages (recipes: {output_root}/scores): the large guard scores each text once across runs; default: none (in memory)."})
     force: bool = field(default=False, metadata={"help": "Retrain even when the output folder already holds a trained router."})
 
     def __post_init__(self):
@@ -184,6 +186,15 @@ def check_large_guard(ref):
         raise ValueError(f"--large-guard-kind must be one of {sorted(GUARD_KINDS)} to score with {name!r}, got {kind!r}.")
 
 
+def large_guard_scores(args, ref, items, desc):
+    """The large guard's P(unsafe) of `items` (an array), through the score store: texts it already
+    scored with these settings (in build-corpus, evaluate or an earlier run) are not scored again."""
+    check_large_guard(ref)
+    store = guard_store(args.score_store, ref["name_or_path"], ref["kind"], args.precision, "cpu" if not torch.cuda.is_available() else "cuda",
+                        revision=ref["revision"], dtype=ref["dtype"], max_length=args.large_guard_max_length)
+    return np.asarray(guard_scores(store, lambda: load_large_guard(args, ref), items, desc, chunk_size=2048), dtype=float)
+
+
 def load_large_guard(args, ref):
     """The large guard of `ref` (`large_guard_reference`), with the scoring options of `args`.
     Within one `train_router` run it is loaded once (rows, then their paraphrases)."""
@@ -233,7 +244,7 @@ def paraphrase_rows(args, rows, large_ref, model, tokenizer, max_length):
         return None, None, {**stats, "positive_rate": None}
     items = [{"prompt": r["prompt"], "response": r["response"]} for r in new]
     features, student_p = student_features(model, tokenizer, items, max_length, args.feature_batch_size, args.precision)
-    large_p = np.asarray(load_large_guard(args, large_ref).score(items, show_progress=True), dtype=float)
+    large_p = large_guard_scores(args, large_ref, items, "paraphrases")
     y = np.array([r["y"] for r in new])
     t = router_label(y, student_p, large_p, args.threshold)
     table = Dataset.from_list(new).add_column("student_p", student_p.tolist()).add_column("large_p", large_p.tolist()).add_column("t", t.tolist())
@@ -257,7 +268,7 @@ def _train_router(args):
     info = student_record(args)
     rows, roles = router_data(args)
     large_ref = large_guard_reference(args, info)
-    large_p = np.asarray(load_large_guard(args, large_ref).score(guard_rows(rows), show_progress=True), dtype=float)
+    large_p = large_guard_scores(args, large_ref, guard_rows(rows), "router rows")
     model, tokenizer, head_trained = load_student(args.student)
     if not head_trained:
         raise ValueError(f"The student {args.student} has no trained classification head: distill it first.")

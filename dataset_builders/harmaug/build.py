@@ -94,6 +94,7 @@ class BuildCorpusArguments:
     teacher_max_length: int = field(default=512, metadata={"help": "Token bound of a teacher input (per message for causal-LM guards)."})
     label_shard_size: int = field(default=256, metadata={"help": "Items per label shard."})
     rows_per_file: int = field(default=100_000, metadata={"help": "Rows per output parquet file."})
+    score_store: Optional[str] = field(default=None, metadata={"help": "Folder of the score store shared by the stages (recipes: {output_root}/scores): the teacher scores each text once across stages and runs; default <work_dir>/scores."})
     license: str = field(default="cc-by-nc-4.0", metadata={"help": "Licence in the dataset card (the offline seed pool is mostly CC-BY-NC-4.0)."})
     seed: int = field(default=0, metadata={"help": "Seed: each request and shard derives its own from it."})
     push_to_hub: Optional[str] = field(default=None, metadata={"help": "Upload the output folder to this dataset repo id."})
@@ -358,13 +359,11 @@ class CorpusBuild:
         if self.state.is_main_process:
             stage.reset_if_changed()
 
+        store = label.teacher_store(args, self.models.device, args.score_store or str(self.work / "scores"))
+
         def work(index):
-            teacher = self.models.teacher()
-            record = self.work / "label" / "teacher_precision.txt"  # what the card says the scores were computed in
-            if not record.exists():
-                record.parent.mkdir(parents=True, exist_ok=True)
-                record.write_text(str(teacher.compute_dtype or "remote").replace("torch.", ""))
-            return label.label_shard(teacher, items[index * args.label_shard_size : (index + 1) * args.label_shard_size])
+            shard = items[index * args.label_shard_size : (index + 1) * args.label_shard_size]
+            return label.label_shard(store, self.models.teacher, shard, args.teacher_batch_size)
 
         return _run_stage(stage, self.state, work, "label")
 
@@ -376,8 +375,7 @@ class CorpusBuild:
             splits = {name: [r for r, it in zip(rows, items) if it["split"] == name] for name in SPLITS}
             stats = card.corpus_stats(splits["train"], args, counts, [r["instruction"] for r in kept],
                                       label.teacher_kind(args.teacher, args.teacher_kind), generation_meta)
-            precision = self.work / "label" / "teacher_precision.txt"
-            stats["teacher_precision"] = precision.read_text() if precision.exists() else None
+            stats["teacher_precision"] = label.teacher_precision(args, self.models.device)
             stats["generation_precision"] = str(generation_dtype(args, self.models.device)).replace("torch.", "")
             stats["roles"] = self.roles.record(STUDENT_ROLES + ("validation",))
             stats["arguments"] = recorded_arguments(args)

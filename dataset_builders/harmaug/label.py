@@ -4,7 +4,9 @@ import json
 from pathlib import Path
 
 from modeling_saferoute.bundled import resolve
+from ..score_store import guard_scores, guard_store
 from modeling_saferoute.guards import GUARD_KINDS, load_guard
+
 
 
 def teacher_kind(name_or_path, kind="auto"):
@@ -30,17 +32,44 @@ def teacher_kind(name_or_path, kind="auto"):
     raise ValueError(f"Teacher {name_or_path!r} has architectures {architectures}; pass --teacher_kind.")
 
 
-def load_teacher(args, device=None):
-    """The teacher adapter; `teacher_max_length` bounds the pair encoding of a classifier, and each
-    message (prompt, response) of a causal-LM guard, whose verdict suffix must never be cut."""
+def teacher_settings(args):
+    """(kind, load_guard arguments) of the teacher: `teacher_max_length` bounds the pair encoding of a
+    classifier, and each message (prompt, response) of a causal-LM guard, whose verdict suffix must
+    never be cut."""
     kind = teacher_kind(args.teacher, args.teacher_kind)
     length = {"max_length": args.teacher_max_length} if kind == "sequence_classification" else {
         "max_content_tokens": args.teacher_max_length}
-    return load_guard(args.teacher, kind, dtype=args.teacher_dtype, device=device or args.device, batch_size=args.teacher_batch_size,
-                      autocast_dtype=args.precision, **length)
+    return kind, {"dtype": args.teacher_dtype, **length}
 
 
-def label_shard(guard, items, batch_size=None):
-    """(id, unsafe_score) rows for one shard of {"id", "prompt", "response"} items."""
-    scores = guard.score([{"prompt": it["prompt"], "response": it["response"]} for it in items], batch_size=batch_size)
+def load_teacher(args, device=None):
+    """The teacher adapter (`teacher_settings`), scoring in `args.precision`."""
+    kind, settings = teacher_settings(args)
+    return load_guard(args.teacher, kind, device=device or args.device, batch_size=args.teacher_batch_size,
+                      autocast_dtype=args.precision, **settings)
+
+
+def teacher_store(args, device, root):
+    """The score store of the teacher's P(unsafe) under the settings it labels with (shared with
+    train-guard's validation scoring, train-router and evaluate when they score alike)."""
+    kind, settings = teacher_settings(args)
+    return guard_store(root, args.teacher, kind, args.precision, device or "cpu", **settings)
+
+
+def label_shard(store, load_teacher_fn, items, batch_size=None):
+    """(id, unsafe_score) rows for one shard of {"id", "prompt", "response"} items, through the
+    score store (the teacher is loaded only when a text is missing)."""
+    scores = guard_scores(store, load_teacher_fn, [{"prompt": it["prompt"], "response": it["response"]} for it in items],
+                          "label shard", batch_size=batch_size, show_progress=False)
     return [{"id": it["id"], "unsafe_score": float(s)} for it, s in zip(items, scores)], {}
+
+
+def teacher_precision(args, device):
+    """What the dataset card says the teacher's scores were computed in."""
+    from modeling_saferoute.precision import resolve_precision
+
+    kind, settings = teacher_settings(args)
+    dtype = settings.get("dtype")
+    if dtype not in (None, "auto", "float32"):
+        return str(dtype).replace("torch.", "")  # weights in that dtype: no autocast
+    return {"bf16": "bfloat16", "fp16": "float16"}.get(resolve_precision(args.precision, device or "cpu", warn=False), "float32")
