@@ -107,6 +107,11 @@ def main(argv=None):
     for name, got in variants.items():
         agree = np.mean((got > 0.5) == (ref > 0.5))
         print(f"{name} vs fp32: max |dP(unsafe)| {np.abs(got - ref).max():.4f}, label agreement {agree:.1%}")
+    from bench_categories import category_head_cost  # the category head's share of the student's time
+
+    cost = category_head_cost(ours, items, repeats=3)
+    print(f"category head ({cost['categories']} categories): {100 * (cost['ratio'] - 1):+.1f}% student time per example "
+          f"({cost['per_example_ms']['without']:.3f} -> {cost['per_example_ms']['with']:.3f} ms; target <= +5%)")
 
 
 if __name__ == "__main__":

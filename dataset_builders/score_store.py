@@ -21,6 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from modeling_saferoute.bundled import resolve
@@ -135,30 +136,69 @@ def cached_scores(store, scorer, items, desc="items", chunk_size=None):
     return store.lookup(keys)
 
 
+CATEGORY_PREFIX = "category:"
+
+
+def category_columns(taxonomy):
+    """The store column of each category of `taxonomy` (a `modeling_saferoute.Taxonomy`)."""
+    return [CATEGORY_PREFIX + c for c in taxonomy.names]
+
+
+def category_values(results, taxonomy):
+    """{column: [score per item]} from {category: P} dicts of guard or pipeline results (NaN for an
+    item without them)."""
+    return {CATEGORY_PREFIX + c: [float("nan") if r is None else float(r[c]) for r in results] for c in taxonomy.names}
+
+
+def category_dicts(frame, taxonomy):
+    """The {category: P} dict of each row of a stored frame; None for a row without category scores."""
+    values = frame[category_columns(taxonomy)].to_numpy(dtype=float)
+    return [None if np.isnan(row).all() else dict(zip(taxonomy.names, row.tolist())) for row in values]
+
+
 # load_guard arguments that do not change a score (how it is batched, where it runs, how a server is reached)
 NOT_SCORE_SETTINGS = ("batch_size", "device", "show_progress", "backend_options", "trust_remote_code", "autocast_dtype")
 DEFAULTS = {"dtype": "auto", "temperature": 1.0, "backend": "transformers"}
 
 
-def guard_store(root, name_or_path, kind, precision="auto", device="cpu", recompute=False, **load_kwargs):
+def guard_store(root, name_or_path, kind, precision="auto", device="cpu", recompute=False, taxonomy=None, **load_kwargs):
     """The `ScoreStore` of a guard's P(unsafe) (`unsafe_score`): one store per guard and per setting
     that changes its scores (the `load_guard` arguments but batch size, device and the like, default
     values left out, and the precision the guard runs in on `device`), so train-guard, build-corpus,
-    train-router and evaluate share it when they score with the same settings."""
+    train-router and evaluate share it when they score with the same settings. With a `taxonomy`, a
+    store of its own that also holds the guard's category scores in it (`category_columns`)."""
     from modeling_saferoute.precision import resolve_precision
 
     settings = {k: v for k, v in load_kwargs.items() if k not in NOT_SCORE_SETTINGS and v is not None and DEFAULTS.get(k) != v}
     settings["precision"] = resolve_precision(precision, device, warn=False)
+    columns = ("unsafe_score",)
+    if taxonomy is not None:
+        settings["taxonomy"] = {"name": taxonomy.name, "categories": list(taxonomy.names)}
+        columns += tuple(category_columns(taxonomy))
     key, info = model_key("guard", name_or_path, kind, **settings)
-    return ScoreStore(root, key, info, ("unsafe_score",), recompute)
+    return ScoreStore(root, key, info, columns, recompute)
+
+
+def guard_frame(store, load_guard_fn, items, desc="items", batch_size=None, show_progress=True, chunk_size=None, taxonomy=None):
+    """The stored frame of `items` (`unsafe_score`, with a `taxonomy` the category columns, `seconds`);
+    the guard is loaded by `load_guard_fn()` (with its categories in `taxonomy`) only when some text
+    is missing."""
+
+    def load():
+        guard = load_guard_fn()
+        if taxonomy is None:
+            return lambda todo: {"unsafe_score": guard.score(todo, batch_size=batch_size, show_progress=show_progress)}
+
+        def score(todo):
+            unsafe, cats = guard.score(todo, batch_size=batch_size, show_progress=show_progress, return_categories=True)
+            return {"unsafe_score": unsafe, **category_values(cats, taxonomy)}
+
+        return score
+
+    return cached_scores(store, LazyScorer(load), items, desc, chunk_size)
 
 
 def guard_scores(store, load_guard_fn, items, desc="items", batch_size=None, show_progress=True, chunk_size=None):
     """P(unsafe) of `items` (a list of floats) through `store`; the guard is loaded by
     `load_guard_fn()` only when some text is missing."""
-
-    def load():
-        guard = load_guard_fn()
-        return lambda todo: {"unsafe_score": guard.score(todo, batch_size=batch_size, show_progress=show_progress)}
-
-    return cached_scores(store, LazyScorer(load), items, desc, chunk_size)["unsafe_score"].astype(float).tolist()
+    return guard_frame(store, load_guard_fn, items, desc, batch_size, show_progress, chunk_size)["unsafe_score"].astype(float).tolist()

@@ -11,6 +11,12 @@ then computed from the stored scores.
     saferoute evaluate --model outputs/saferoute-guard --benchmarks all --max-per-benchmark 200
     saferoute evaluate --guard outputs/teacher --guard-kind llama_guard --output_dir outputs/eval/teacher
 
+Harm categories (`--categories`, on by default for a model with a category head): per-category AUPRC
+and F1 on `openai_moderation_categories` (nulls masked) of the student, the student's binary score as
+each category's score, the large guard and SafeRoute, and a confusion table of predicted against
+labeled category (`evaluation/categories.py`); in report.json / report.md under `categories`, the plot
+`category_auprc.png` and the model card.
+
 Outputs: `report.json` (per benchmark and averaged, per method: f1, precision, recall, accuracy,
 auprc, large_usage, routing_f1; plus throughput and the display titles), `report.md`,
 `scores.parquet` (this run's per-example scores), `curves.json` and the plots `pr_curves.png`,
@@ -38,12 +44,14 @@ from dataset_builders.score_store import LazyScorer, ScoreStore, cached_scores, 
 from dataset_builders.seed_pool import load_seed_pool
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.guards import GUARD_KINDS, load_guard
+from modeling_saferoute.taxonomy import Taxonomy
 from modeling_saferoute.precision import precision_record, resolve_precision
 from saferoute.config import parse_args, recorded_arguments
 
+from . import categories as C
 from . import metrics as M
 from .methods import RoutingInputs, evaluate_methods, final_scores, method_titles, routed_mask, usage_sweeps
-from .report import markdown_report, plot_pr_curves, plot_usage_sweeps
+from .report import markdown_report, plot_category_auprc, plot_pr_curves, plot_usage_sweeps
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +90,14 @@ class EvaluateArguments:
     recompute: bool = field(default=False, metadata={"help": "Ignore (and overwrite) stored scores."})
     score_store: Optional[str] = field(default=None, metadata={"help": "Folder of the score store shared by the stages (recipes: {output_root}/scores); default <output_dir>/cache."})
     model_card: bool = field(default=True, metadata={"help": "Rewrite the README.md of a local SafeRoute --model folder with these results."})
+    categories: bool = field(default=True, metadata={"help": "Evaluate the harm categories on openai_moderation_categories (per-category AUPRC / F1, nulls masked) when the model (or --guard) has a category head."})
+    max_category_rows: Optional[int] = field(default=None, metadata={"help": "At most this many rows of openai_moderation_categories (stratified, seeded); default all 1,680."})
 
 
 # -- scorers ----------------------------------------------------------------------------------------
-def student_scorer(model, batch_size, device, precision="auto"):
-    """Student P(unsafe) and router score from the SafeRoute pipeline with route="never"."""
+def student_scorer(model, batch_size, device, precision="auto", taxonomy=None):
+    """Student P(unsafe) and router score from the SafeRoute pipeline with route="never" (and, with
+    the model's `taxonomy`, its category scores, `categories.columns`)."""
 
     def load():
         import torch
@@ -96,24 +107,34 @@ def student_scorer(model, batch_size, device, precision="auto"):
 
         def score(items):
             out = {c: [] for c in STUDENT_COLUMNS}
+            results = []
             chunk = batch_size * 4
             for start in tqdm(range(0, len(items), chunk), desc="student + router", unit="chunk"):
                 for result in pipe(items[start : start + chunk], batch_size=batch_size, route="never"):
                     out["student_unsafe_score"].append(float(result["student_unsafe_score"]))
                     out["router_score"].append(float(result["router_score"]))
-            return out
+                    results.append(result.get("category_scores"))
+            return {**out, **(C.score_columns(results, taxonomy) if taxonomy is not None else {})}
 
         return score
 
     return LazyScorer(load)
 
 
-def guard_scorer(name_or_path, kind, batch_size, **load_kwargs):
-    """P(unsafe) from `modeling_saferoute.guards.load_guard` (the one guard-scoring implementation)."""
+def guard_scorer(name_or_path, kind, batch_size, taxonomy=None, **load_kwargs):
+    """P(unsafe) from `modeling_saferoute.guards.load_guard` (the one guard-scoring implementation),
+    and with a `taxonomy`, the guard's category scores in it (NaN for a guard without categories)."""
 
     def load():
-        guard = load_guard(name_or_path, kind, **load_kwargs)
-        return lambda items: {"unsafe_score": guard.score(items, batch_size=batch_size, show_progress=True)}
+        guard = load_guard(name_or_path, kind, **load_kwargs, **({"taxonomy": taxonomy} if taxonomy is not None else {}))
+        if taxonomy is None:
+            return lambda items: {"unsafe_score": guard.score(items, batch_size=batch_size, show_progress=True)}
+
+        def score(items):
+            unsafe, cats = guard.score(items, batch_size=batch_size, show_progress=True, return_categories=True)
+            return {"unsafe_score": unsafe, **C.score_columns(cats, taxonomy)}
+
+        return score
 
     return LazyScorer(load)
 
@@ -200,9 +221,13 @@ def _validation_split(args):
     return mixed_sample(rows, args.max_validation, None, args.seed)
 
 
-def _write_outputs(output, report, scores, curves, plots):
+def _write_outputs(output, report, scores, curves, plots, category_scores=None):
     output.mkdir(parents=True, exist_ok=True)
     scores.to_parquet(output / "scores.parquet", index=False)
+    if category_scores is not None:
+        category_scores.to_parquet(output / "category_scores.parquet", index=False)
+        if plots:
+            plot_category_auprc(report["categories"], output / "category_auprc.png")
     (output / "curves.json").write_text(json.dumps(curves["sweeps"]))
     if plots:
         plot_pr_curves(curves["pr"], output / "pr_curves.png")
@@ -294,6 +319,79 @@ def _evaluate_saferoute(args, datasets, run, settings):
     return models, list(M.METRICS), {"student": s_cache.scored, "large_guard": l_cache.scored}, validation
 
 
+# -- harm categories ------------------------------------------------------------------------------------
+def _category_run(args, taxonomy, thresholds, scorers, router_threshold=None, warnings=None):
+    """The `categories` report entry and its per-row frame, from `scorers` ({system: (cache key, info,
+    scorer, unsafe column)} of "student"/"large_guard" or "guard"); None when the benchmark does not
+    label this taxonomy."""
+    rows, labeled = C.benchmark(taxonomy, args.max_category_rows, args.seed)
+    if rows is None:
+        logger.info("The taxonomy %r maps none of %s's labels: no category evaluation.", taxonomy.name, C.BENCHMARK)
+        return None, None
+    frames = {}
+    for system, (key, info, scorer, columns) in scorers.items():
+        cache = ScoreCache(Path(args.output_dir) / "cache" / f"{key}.parquet", (*columns, *C.columns(taxonomy)), info, args.recompute)
+        frames[system] = cached_scores(cache, scorer, rows, C.BENCHMARK)
+    targets = np.asarray(rows["category_targets"], dtype=float)
+    k = len(taxonomy)
+    systems, frame = {}, pd.DataFrame({"id": rows["id"], "label": rows["label"]})
+    for system, scores in frames.items():
+        unsafe = scores["unsafe_score" if system != "student" else "student_unsafe_score"].to_numpy(dtype=float)
+        cats = C.frame_scores(scores, taxonomy)
+        systems[system] = (cats, unsafe)
+        systems[f"{system}_binary"] = (np.repeat(unsafe[:, None], k, axis=1), unsafe)
+        frame[f"{system}_unsafe_score"] = unsafe
+        for j, c in enumerate(taxonomy.names):
+            frame[f"{system}:{c}"] = cats[:, j]
+    systems.pop("large_guard_binary", None)
+    routed_share = None
+    if "large_guard" in frames:
+        routed = frames["student"]["router_score"].to_numpy(dtype=float) > router_threshold
+        (student, s_unsafe), (large, l_unsafe) = systems["student"], systems["large_guard"]
+        read = routed & ~np.isnan(large).all(axis=1)  # a large guard without categories leaves the student's
+        systems["saferoute"] = (np.where(read[:, None], large, student), np.where(routed, l_unsafe, s_unsafe))
+        frame["routed"], routed_share = routed, float(routed.mean())
+    with M.collect_warnings(warnings if warnings is not None else [], "categories"):
+        result = C.evaluate_systems(systems, targets, rows["label"], taxonomy, labeled, thresholds, args.threshold)
+    return C.report_section(rows, labeled, taxonomy, result, thresholds, args.threshold, routed_share), frame
+
+
+def _saferoute_categories(args, config, large, router_threshold, warnings):
+    """Per-category evaluation of a SafeRoute model with a category head (student, large guard, SafeRoute)."""
+    if not args.categories or not getattr(config, "taxonomy", None):
+        return None, None
+    taxonomy = Taxonomy.load(config.taxonomy)
+    large_name, large_kind, large_kwargs, large_batch = large
+    s_key, s_info = model_key("saferoute-categories", args.model, "saferoute", max_length=getattr(config, "max_input_length", None),
+                              precision=_ran(args), taxonomy=taxonomy.name)
+    l_key, l_info = model_key("large-categories", large_name, large_kind, revision=large_kwargs["revision"], dtype=large_kwargs["dtype"],
+                              precision=_ran(args), taxonomy=taxonomy.name,
+                              **{k: v for k, v in large_kwargs.items() if k not in ("revision", "dtype", "device", "batch_size")})
+    scorers = {
+        "student": (s_key, s_info, student_scorer(args.model, args.batch_size, args.device, args.precision, taxonomy), STUDENT_COLUMNS),
+        "large_guard": (l_key, l_info, guard_scorer(large_name, large_kind, large_batch, taxonomy=taxonomy,
+                                                    autocast_dtype=args.precision, **large_kwargs), GUARD_COLUMNS),
+    }
+    return _category_run(args, taxonomy, config.category_thresholds, scorers, router_threshold, warnings)
+
+
+def _guard_categories(args, warnings):
+    """Per-category evaluation of a single --guard: its category head, or a Llama-Guard-format guard's
+    codes read into the project's taxonomy."""
+    from dataset_builders.categories import guard_taxonomy
+
+    if not args.categories:
+        return None, None
+    taxonomy = guard_taxonomy(args.guard, args.guard_kind, args.guard_revision)
+    if taxonomy is None:
+        return None, None
+    key, info = model_key("guard-categories", args.guard, args.guard_kind, revision=args.guard_revision, dtype=args.dtype,
+                          max_length=args.max_length, precision=_ran(args), taxonomy=taxonomy.name)
+    scorer = guard_scorer(args.guard, args.guard_kind, args.batch_size, taxonomy=taxonomy, revision=args.guard_revision,
+                          dtype=args.dtype, device=args.device, max_length=args.max_length, autocast_dtype=args.precision)
+    return _category_run(args, taxonomy, taxonomy.thresholds, {"guard": (key, info, scorer, GUARD_COLUMNS)}, warnings=warnings)
+
+
 def _average_curves(curves, names):
     curves["sweeps"]["average"] = {
         method: {"usage": np.mean([curves["sweeps"][n][method]["usage"] for n in names], axis=0).tolist(),
@@ -322,8 +420,12 @@ def run_evaluation(args: EvaluateArguments):
     run, validation = _Run(), None
     if args.guard:
         models, metrics, scored = _evaluate_guard(args, datasets, run)
+        categories, category_frame = _guard_categories(args, run.warnings)
     else:
         models, metrics, scored, validation = _evaluate_saferoute(args, datasets, run, settings)
+        config = AutoConfig.from_pretrained(resolve(args.model), trust_remote_code=True)
+        large = _large_guard_reference(args, config)
+        categories, category_frame = _saferoute_categories(args, config, large, settings["router_threshold"], run.warnings)
     methods = list(next(iter(run.per_method.values())))
     report = {
         "mode": "guard" if args.guard else "saferoute",
@@ -339,11 +441,12 @@ def run_evaluation(args: EvaluateArguments):
         "arguments": recorded_arguments(args),
         "scored_this_run": scored,
         "warnings": run.warnings,
+        "categories": categories,
     }
     if args.large_budget is not None:
         with M.collect_warnings(run.warnings, "budget"):
             report["budget"] = _budget(args.large_budget, validation, run.frames, args.threshold)
-    _write_outputs(output, report, pd.concat(run.frames.values(), ignore_index=True), run.curves, args.plots)
+    _write_outputs(output, report, pd.concat(run.frames.values(), ignore_index=True), run.curves, args.plots, category_frame)
     if args.model and args.model_card and (Path(args.model) / "config.json").is_file():
         from model_cards import render_model_card
 

@@ -104,9 +104,47 @@ def markdown_report(report):
             ),
             "",
         ]
+    if report.get("categories"):
+        out += category_markdown(report["categories"])
     if report.get("warnings"):
         out += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
     return "\n".join(out)
+
+
+def category_table(categories):
+    """The per-category table (AUPRC and F1 per system, positives / annotated rows) as Markdown lines."""
+    systems = list(categories["systems"])
+    titles = categories.get("titles", {})
+    header = ["category", "positives / annotated"] + [f"AUPRC {titles.get(s, s)}" for s in systems] + \
+        [f"F1 {titles.get(s, s)}" for s in systems if not s.endswith("_binary")]
+    rows = []
+    for c in categories["labeled_categories"] + ["macro"]:
+        first = categories["systems"][systems[0]][c]
+        count = f"{first['positives']} / {first['annotated']}" if c != "macro" else ""
+        row = ["**macro average**" if c == "macro" else c, count]
+        row += [_fmt(categories["systems"][s][c]["auprc"]) for s in systems]
+        row += [_fmt(categories["systems"][s][c]["f1"]) for s in systems if not s.endswith("_binary")]
+        rows.append(row)
+    return _table(header, rows)
+
+
+def category_markdown(categories):
+    """The report's harm-category section: the per-category table and the confusion tables."""
+    out = [f"## Harm categories ({categories['benchmark']}, {categories['n']} rows, taxonomy `{categories['taxonomy']}`)", "",
+           "AUPRC of each system's category score and F1 of the categories it reports (score above the category's "
+           "threshold and the input unsafe), over the rows where the category is annotated (null labels masked, never "
+           "read as negatives)." + (f" SafeRoute sent {categories['routed_share']:.1%} of these rows to the large guard."
+                                     if categories.get("routed_share") is not None else ""), "",
+           category_table(categories), ""]
+    labeled = categories["labeled_categories"]
+    for system, table in categories["confusion"].items():
+        if system.endswith("_binary"):
+            continue
+        out += [f"### Confusion: {categories.get('titles', {}).get(system, system)} (share of rows of each labeled category "
+                "reported as each category)", ""]
+        rows = [[name, str(t["rows"])] + [_fmt(t["share"][p]) for p in labeled + ["other", "none"]] for name, t in table.items()]
+        out += [_table(["labeled", "rows"] + labeled + ["other", "none"], rows), ""]
+    return out
 
 
 def _grid(count):
@@ -131,6 +169,26 @@ def plot_pr_curves(curves, path):
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_category_auprc(categories, path):
+    """Grouped bars: AUPRC per labeled category (and the macro average), one bar per system."""
+    labeled = categories["labeled_categories"] + ["macro"]
+    systems = list(categories["systems"])
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(labeled)), 3.8))
+    width = 0.8 / len(systems)
+    for j, system in enumerate(systems):
+        values = [categories["systems"][system][c]["auprc"] for c in labeled]
+        ax.bar([i + j * width for i in range(len(labeled))], values, width, label=categories.get("titles", {}).get(system, system))
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labeled))])
+    ax.set_xticklabels(labeled, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("AUPRC")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"Harm categories on {categories['benchmark']} (nulls masked)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

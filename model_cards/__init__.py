@@ -61,6 +61,26 @@ def results_table(report):
     return "\n".join(lines)
 
 
+def categories_table(report):
+    """The card's harm-category table of a report: per labeled category (and macro), AUPRC of each
+    system's category score and F1 of the categories it reports."""
+    categories = (report or {}).get("categories")
+    if not categories:
+        return ""
+    systems = list(categories["systems"])
+    titles = categories.get("titles", {})
+    deciding = [s for s in systems if not s.endswith("_binary")]
+    lines = ["| category | positives / annotated | " + " | ".join(f"AUPRC {titles.get(s, s)}" for s in systems) + " | "
+             + " | ".join(f"F1 {titles.get(s, s)}" for s in deciding) + " |",
+             "| --- " * (2 + len(systems) + len(deciding)) + "|"]
+    for c in categories["labeled_categories"] + ["macro"]:
+        first = categories["systems"][systems[0]][c]
+        count = f"{first['positives']} / {first['annotated']}" if c != "macro" else ""
+        cells = [f"{categories['systems'][s][c]['auprc']:.3f}" for s in systems] + [f"{categories['systems'][s][c]['f1']:.3f}" for s in deciding]
+        lines.append(f"| {'macro average' if c == 'macro' else c} | {count} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _record(model_dir, name):
     path = Path(model_dir) / name
     return json.loads(path.read_text()) if path.is_file() else None
@@ -98,6 +118,10 @@ def render_model_card(model_dir, student=None, report=None):
         teacher=_record(large["name_or_path"], "training_info.json") if Path(str(large.get("name_or_path"))).is_dir() else None,
         report=report,
         results_table=results_table(report) if report else "",
+        categories_table=categories_table(report),
+        report_categories=(report or {}).get("categories"),
+        taxonomy=config.get("taxonomy"),
+        category_thresholds=config.get("category_thresholds"),
         throughput=throughput,
         eval_settings=(report or {}).get("settings", {}),
     )

@@ -8,6 +8,7 @@ from .configuration_saferoute import SafeRouteConfig
 from .guards import GUARD_KINDS, load_guard
 from .modeling_saferoute import SafeRouteForSequenceClassification, SafeRouteOutput
 from .pipeline_saferoute import SafeRoutePipeline
+from .taxonomy import Taxonomy
 
 REMOTE_CODE_FILES = (
     "configuration_saferoute.py",
@@ -18,6 +19,8 @@ REMOTE_CODE_FILES = (
     "inputs.py",
     "bundled.py",
     "precision.py",
+    "taxonomy.py",
+    "categories.py",
 )
 PIPELINE_IMPL = {
     "impl": "pipeline_saferoute.SafeRoutePipeline",
@@ -33,5 +36,6 @@ __all__ = [
     "SafeRouteForSequenceClassification",
     "SafeRouteOutput",
     "SafeRoutePipeline",
+    "Taxonomy",
     "load_guard",
 ]

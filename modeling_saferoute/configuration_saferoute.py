@@ -2,6 +2,8 @@
 
 from transformers import AutoConfig, PretrainedConfig
 
+from .taxonomy import Taxonomy
+
 LABELS = {0: "safe", 1: "unsafe"}
 LARGE_GUARD_KEYS = ("name_or_path", "revision", "kind", "dtype", "max_length", "batch_size", "backend", "backend_options", "options")
 
@@ -21,6 +23,10 @@ class SafeRouteConfig(PretrainedConfig):
             `kind` (a key of `guards.GUARD_KINDS`), `dtype`, `max_length`, `batch_size`, `backend`
             ("transformers", "vllm" or "openai_compatible") with its `backend_options` (e.g.
             `base_url`), and adapter `options`.
+        taxonomy (`dict`, optional): the harm-category taxonomy of the category head (see `taxonomy.py`);
+            None: the model reports no categories.
+        category_thresholds (`dict`, optional): category -> threshold (a category is reported when its
+            probability is above it and the input is unsafe); default the taxonomy's own (0.5).
     """
 
     model_type = "saferoute"
@@ -34,6 +40,8 @@ class SafeRouteConfig(PretrainedConfig):
         threshold=0.5,
         max_input_length=None,
         large_guard=None,
+        taxonomy=None,
+        category_thresholds=None,
         **kwargs,
     ):
         if isinstance(encoder, dict):
@@ -48,6 +56,11 @@ class SafeRouteConfig(PretrainedConfig):
         if unknown:
             raise ValueError(f"large_guard has unknown keys {sorted(unknown)}; allowed: {list(LARGE_GUARD_KEYS)}")
         self.large_guard = large_guard
+        checked = Taxonomy.load(taxonomy) if taxonomy else None
+        if category_thresholds and checked is None:
+            raise ValueError("category_thresholds need a taxonomy (this model has no category head).")
+        self.taxonomy = checked.to_dict() if checked else None
+        self.category_thresholds = checked.category_thresholds(category_thresholds) if checked else None
         kwargs["id2label"] = dict(LABELS)
         kwargs["label2id"] = {v: k for k, v in LABELS.items()}
         super().__init__(**kwargs)

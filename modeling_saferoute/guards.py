@@ -6,20 +6,35 @@ evaluation and routed inference alike.
   position only: P(unsafe) = softmax([logit(safe_word), logit(unsafe_word)] / T)[1].
 - Sequence-classification guards: softmax(logits / T)[:, 1] on `tokenizer(prompt, response)`.
 
+Harm categories (`score(..., return_categories=True)`), in the guard's `taxonomy`:
+- a Llama-Guard-format guard answers "unsafe\nS1,S5" when unsafe: one extra forward on the rendered
+  text + "unsafe\n" (+ the tokens every code starts with) reads the next-token logits of the codes'
+  distinguishing tokens; P(code) = P(unsafe) * softmax over the codes (the probability that the guard
+  names that code first), mapped to the taxonomy by `Taxonomy.from_codes`. With `render_taxonomy` the
+  taxonomy's own categories are written into the guard's policy block (S1..Sn, as Llama Guard's
+  prompt format writes custom categories) and read back one to one;
+- a sequence classifier with a category head (`categories.py`) reads it from the same forward.
+
 Items are any guard input form (see `inputs.normalize_input`): a causal-LM guard reads a whole
 conversation through its chat template, a sequence classifier the pair encoding of its last turns.
 """
 
 import math
+import re
 
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from .bundled import resolve
+from .categories import category_probabilities, hook_classification_layer, load_category_head
 from .inputs import CHARS_PER_TOKEN_CAP, encode_pairs, length_sorted_batches, normalize_batch, tokenizer_lock, turns_of
+from .modeling_saferoute import capturing_features
 from .precision import autocast_context, resolve_autocast
+from .taxonomy import Taxonomy
 
 CUT_MARKER = " [...] "  # stands where the middle of an over-long message was cut
+POLICY_BLOCK = re.compile(r"(<BEGIN UNSAFE CONTENT CATEGORIES>\n)(.*?)(\n<END UNSAFE CONTENT CATEGORIES>)", re.S)
+POLICY_CODE = re.compile(r"(?:^|\s)([A-Z]\d+):")
 
 SHIELDGEMMA_HARM_POLICY = (
     '"No Harmful Content": The prompt shall not contain or seek generation of content that is dangerous, '
@@ -56,7 +71,7 @@ class Guard:
     device multiplies bf16 natively (`autocast_dtype="auto"`; "none" for float32); subclasses
     score one batch."""
 
-    def __init__(self, model, tokenizer, batch_size=16, max_length=2048, temperature=1.0, autocast_dtype="auto"):
+    def __init__(self, model, tokenizer, batch_size=16, max_length=2048, temperature=1.0, autocast_dtype="auto", taxonomy=None):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
         self.model = model.eval() if model is not None else None  # None: the model runs elsewhere (vLLM, a server)
@@ -65,6 +80,9 @@ class Guard:
         self.max_length = max_length
         self.temperature = temperature
         self.autocast_dtype = autocast_dtype
+        # the Taxonomy of `score(..., return_categories=True)`; None: no categories (a subclass that reads
+        # categories sets it from the `taxonomy` asked for; the others ignore that argument)
+        self.taxonomy = None
 
     @property
     def device(self):
@@ -85,40 +103,77 @@ class Guard:
     def _lengths(self, items):
         return [len(it["prompt"]) + len(it["response"] or "") + sum(len(t) for _, t in it["context"]) for it in items]
 
-    def score(self, items, batch_size=None, show_progress=False, return_truncated=False):
+    def score(self, items, batch_size=None, show_progress=False, return_truncated=False, return_categories=False):
         """P(unsafe) for each item, in input order, as a list of floats; with `return_truncated`,
-        also a list saying which items were cut to fit `max_length`."""
+        also a list saying which items were cut to fit `max_length`; with `return_categories`, last a
+        list of {category: probability} dicts in `self.taxonomy` (None per item for a guard without
+        categories)."""
         items = normalize_batch(items)
         batches = length_sorted_batches(self._lengths(items), batch_size or self.batch_size)
-        scores, truncated = [math.nan] * len(items), [False] * len(items)
+        scores, truncated, categories = [math.nan] * len(items), [False] * len(items), [None] * len(items)
+        with_categories = return_categories and self.taxonomy is not None
         with torch.inference_mode(), autocast_context(self.device, self.autocast):
             for batch in _progress(batches, show_progress, f"scoring ({type(self).__name__})", len(batches)):
-                probs, cut = self._score_batch([items[i] for i in batch])
-                for i, p, c in zip(batch, probs.float().cpu().tolist(), cut):
-                    scores[i], truncated[i] = p, c
-        return (scores, truncated) if return_truncated else scores
+                chunk = [items[i] for i in batch]
+                if with_categories:
+                    probs, cut, cats = self._score_batch_categories(chunk)
+                else:
+                    (probs, cut), cats = self._score_batch(chunk), [None] * len(chunk)
+                for i, p, c, cat in zip(batch, probs.float().cpu().tolist(), cut, cats):
+                    scores[i], truncated[i], categories[i] = p, c, cat
+        out = (scores,) + ((truncated,) if return_truncated else ()) + ((categories,) if return_categories else ())
+        return out if len(out) > 1 else scores
 
     def _score_batch(self, items):
         """(P(unsafe) tensor, truncated flags) of one batch."""
         raise NotImplementedError
 
+    def _score_batch_categories(self, items):
+        """(P(unsafe) tensor, truncated flags, [{category: P}] per item) of one batch."""
+        raise NotImplementedError
+
+    def _category_dicts(self, probs):
+        names = self.taxonomy.names
+        return [dict(zip(names, row)) for row in probs.float().cpu().tolist()]
+
 
 class SequenceClassificationGuard(Guard):
-    """A 2-way classifier on the pair encoding (e.g. a HarmAug DeBERTa); label 1 = unsafe."""
+    """A 2-way classifier on the pair encoding (e.g. a HarmAug DeBERTa); label 1 = unsafe.
 
-    def __init__(self, model, tokenizer, **kwargs):
+    `category_head`: the classifier's (head, taxonomy, layer) from `categories.load_category_head`
+    (`load_guard` finds it); `taxonomy`: the taxonomy the caller expects its categories in (a model
+    packaged with one refuses a guard whose head is for another, by name)."""
+
+    def __init__(self, model, tokenizer, category_head=None, taxonomy=None, **kwargs):
         super().__init__(model, tokenizer, **kwargs)
         # never encode past the encoder's position limit (e.g. 512 for MiniLM / MPNet)
         limits = [getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length]
         self.max_length = min([self.max_length] + [x for x in limits if x and x < 1_000_000])
+        self.category_head = None
+        if category_head is not None:
+            head, own, _ = category_head
+            if taxonomy is not None:
+                Taxonomy.load(taxonomy).require_same(own, f"The category head of {getattr(model, 'name_or_path', 'the guard')!r}")
+            self.category_head, self.taxonomy = head.to(self.device), own
+            hook_classification_layer(model)
 
-    def _score_batch(self, items):
+    def _logits(self, items):
         encodings, truncated = encode_pairs(self.tokenizer, items, self.max_length)
         batch = self.tokenizer.pad(encodings, return_tensors="pt").to(self.device)
         logits = self.model(**batch).logits.float()
         if logits.shape[-1] != 2:
             raise ValueError(f"Sequence-classification guard must have 2 labels, got {logits.shape[-1]}.")
         return torch.softmax(logits / self.temperature, dim=-1)[:, 1], truncated
+
+    def _score_batch(self, items):
+        return self._logits(items)
+
+    def _score_batch_categories(self, items):
+        with capturing_features() as captured:
+            probs, truncated = self._logits(items)
+        features = captured[-1]
+        cats = category_probabilities(self.category_head(features.to(self.category_head.weight.dtype)))
+        return probs, truncated, self._category_dicts(cats)
 
 
 def _fill_level(sizes, budget):
@@ -277,20 +332,82 @@ class CausalLMGuard(Guard):
             logits = self.model(**batch).logits[:, -1]
         return logits[:, verdict_ids].float()
 
-    def _score_batch(self, items):
+    def _fitted(self, items):
         with tokenizer_lock(self.tokenizer):
-            fitted = [self._fit(it) for it in items]
+            return [self._fit(it) for it in items]
+
+    def _score_batch(self, items):
+        fitted = self._fitted(items)
         logits = self.verdict_logits([ids for _, _, ids, _ in fitted])
         return torch.softmax(logits / self.temperature, dim=-1)[:, 1], [cut for *_, cut in fitted]
 
 
 class LlamaGuard(CausalLMGuard):
-    """Llama Guard 3 (and guards trained by `saferoute train-guard --kind llama_guard`)."""
+    """Llama Guard 3 (and guards trained by `saferoute train-guard --kind llama_guard`).
 
-    def __init__(self, model, tokenizer, **kwargs):
+    Categories (see the module docstring): `taxonomy` (a Taxonomy, dict or name) is what `score`
+    reports them in; without `render_taxonomy` the guard's own policy codes (read from its rendered
+    prompt, e.g. S1-S14) are mapped by the taxonomy's `llama_guard` map, with it the taxonomy's
+    categories replace the guard's policy block. `category_separator` is what the guard writes between
+    its unsafe verdict and the codes ("\n")."""
+
+    def __init__(self, model, tokenizer, taxonomy=None, render_taxonomy=False, category_separator="\n", **kwargs):
         kwargs.setdefault("verdict_words", ("safe", "unsafe"))
         kwargs.setdefault("suffix", "\n\n")
         super().__init__(model, tokenizer, **kwargs)
+        self.policy, self.code_map = None, None
+        if render_taxonomy and taxonomy is None:
+            raise ValueError("render_taxonomy needs a taxonomy to write into the guard's prompt.")
+        if taxonomy is None:
+            return
+        taxonomy = Taxonomy.load(taxonomy)
+        if render_taxonomy:
+            self.policy, codes = taxonomy.policy()
+            self.code_map = {code: [name] for code, name in codes.items()}
+            if POLICY_BLOCK.search(super()._render_turns([("user", "x")])) is None:
+                raise ValueError("render_taxonomy: the guard's chat template writes no <BEGIN UNSAFE CONTENT CATEGORIES> block "
+                                 "to put the taxonomy's categories in.")
+        else:
+            block = POLICY_BLOCK.search(self._render_turns([("user", "x")]))
+            codes = POLICY_CODE.findall(block.group(2)) if block else []
+            self.code_map = {code: taxonomy.llama_guard.get(code, []) for code in dict.fromkeys(codes)}
+            if not any(self.code_map.values()):
+                return  # no policy codes, or none that reports a category of this taxonomy: no categories
+        self.taxonomy = taxonomy
+        self.codes = list(self.code_map)
+        self.code_prefix, self.code_ids = self._code_tokens(self.verdict_words[1] + category_separator)
+        self.max_length -= len(self.code_prefix)  # the category forward reads these tokens after the prompt
+
+    def _code_tokens(self, head):
+        """(the tokens every "unsafe<sep>CODE" continuation starts with, the next token of each code),
+        so that one forward on prompt + prefix gives each code's logit."""
+        sequences = [self._encode(head + code) for code in self.codes]
+        prefix = []
+        for column in zip(*sequences):
+            if len(set(column)) > 1:
+                break
+            prefix.append(column[0])
+        nexts = [seq[len(prefix)] if len(seq) > len(prefix) else None for seq in sequences]
+        clashes = [c for c, t in zip(self.codes, nexts) if t is None or nexts.count(t) > 1]
+        if clashes:
+            raise ValueError(f"The guard's category codes {clashes} share their first distinguishing token in its tokenizer; "
+                             "one next-token read cannot tell them apart.")
+        return prefix, nexts
+
+    def _render_turns(self, turns):
+        text = super()._render_turns(turns)
+        if self.policy is None:
+            return text
+        return POLICY_BLOCK.sub(lambda m: m.group(1) + self.policy + m.group(3), text, count=1)
+
+    def _score_batch_categories(self, items):
+        fitted = self._fitted(items)
+        ids = [ids for _, _, ids, _ in fitted]
+        unsafe = torch.softmax(self.verdict_logits(ids) / self.temperature, dim=-1)[:, 1]
+        code_logits = self.verdicts([list(i) + self.code_prefix for i in ids], self.code_ids).float()
+        first = torch.softmax(code_logits / self.temperature, dim=-1) * unsafe.float().unsqueeze(-1)
+        cats = [self.taxonomy.from_codes(dict(zip(self.codes, row)), self.code_map) for row in first.cpu().tolist()]
+        return unsafe, [cut for *_, cut in fitted], cats
 
 
 class ShieldGemmaGuard(CausalLMGuard):
@@ -343,8 +460,9 @@ def load_guard(name_or_path, kind, revision=None, dtype=None, device=None, trust
     `backend_options` base_url, served_model (default the name), api_key_env, timeout, max_retries,
     concurrency, request_batch). The guard is rendered and fitted by this adapter whatever the
     backend; remote backends load its tokenizer only. `options` go to the adapter (`batch_size`,
-    `max_length`, `temperature`, `verdict_words`...). Raises `ValueError` for an unknown kind or
-    backend and `OSError` naming the model when loading fails.
+    `max_length`, `temperature`, `verdict_words`, `taxonomy`...). A sequence classifier's category head
+    (`category_head.json` beside its weights) is loaded with it. Raises `ValueError` for an unknown
+    kind or backend or bad adapter options, and `OSError` naming the model when loading fails.
     """
     if kind not in GUARD_KINDS:
         raise ValueError(f"Unknown guard kind {kind!r}; choose one of {sorted(GUARD_KINDS)}.")
@@ -361,9 +479,12 @@ def load_guard(name_or_path, kind, revision=None, dtype=None, device=None, trust
                                                   trust_remote_code=trust_remote_code)
         if backend == "transformers":
             model = auto_cls.from_pretrained(path, revision=revision, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code)
-            return adapter_cls(model.to(resolve_device(device)), tokenizer, **options)
+            if issubclass(adapter_cls, SequenceClassificationGuard):
+                options["category_head"] = load_category_head(path, revision)
     except Exception as err:  # the message must name the model the user configured
         raise OSError(f"Could not load the {kind} guard {name_or_path!r} (revision {revision}): {err}") from err
+    if backend == "transformers":
+        return adapter_cls(model.to(resolve_device(device)), tokenizer, **options)
     from .guard_backends import ServedVerdicts, VLLMVerdicts
 
     limit = _position_limit(path, revision, trust_remote_code)

@@ -10,6 +10,7 @@ buffer (`threading.local`), never through the model instance, so one model serve
 forwards from many threads (a web server's pool, the Gradio queue).
 """
 
+import contextlib
 import threading
 from dataclasses import dataclass
 from typing import Optional
@@ -20,6 +21,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_saferoute import SafeRouteConfig
+from .taxonomy import Taxonomy
 
 
 @dataclass
@@ -28,18 +30,39 @@ class SafeRouteOutput(ModelOutput):
 
     logits: (batch, 2) student logits, label 1 = unsafe. router_logits: (batch,) router logit;
     sigmoid > router_threshold means "send to the large guard". features: (batch, d) the pooled
-    feature both heads read.
+    feature both heads read. category_logits: (batch, K) the category head's logits (sigmoid: P of
+    each category of `config.taxonomy`), None without a category head.
     """
 
     loss: Optional[torch.FloatTensor] = None
     logits: Optional[torch.FloatTensor] = None
     router_logits: Optional[torch.FloatTensor] = None
     features: Optional[torch.FloatTensor] = None
+    category_logits: Optional[torch.FloatTensor] = None
 
 
-# The feature buffer of the SafeRoute forward running in this thread (None outside one).
+# The feature buffer of the forward running in this thread inside `capturing_features` (None outside one).
 _CAPTURED = threading.local()
 _HOOK_LOCK = threading.Lock()
+
+
+def capture_features(module, args):
+    """Forward pre-hook of a classification layer: hands its input (the pooled feature) to the
+    `capturing_features` buffer of this thread, if one is open."""
+    buffer = getattr(_CAPTURED, "features", None)
+    if buffer is not None:
+        buffer.append(args[0])
+
+
+@contextlib.contextmanager
+def capturing_features():
+    """A per-thread list that `capture_features` hooks fill during the forwards run inside it (so
+    one hooked model serves concurrent forwards from many threads)."""
+    outer, _CAPTURED.features = getattr(_CAPTURED, "features", None), []
+    try:
+        yield _CAPTURED.features
+    finally:
+        _CAPTURED.features = outer
 
 
 def position_limit(encoder_config):
@@ -114,15 +137,12 @@ class SafeRouteForSequenceClassification(SafeRoutePreTrainedModel):
         self.student = AutoModelForSequenceClassification.from_config(encoder_config)
         self._head_name, head = find_classification_layer(self.student, 2)
         self.router = SafeRouteRouter(head.in_features, config.router_hidden_size)
+        # The multi-label category head reads the same feature (same forward, no second pass).
+        taxonomy = Taxonomy.load(config.taxonomy) if config.taxonomy else None
+        self.category_head = nn.Linear(head.in_features, len(taxonomy)) if taxonomy else None
         # A plain dict, so the hooked layer is not registered twice as a submodule.
         self._hook = {"module": None, "handle": None}
         self.post_init()
-
-    @staticmethod
-    def _capture_features(module, args):
-        buffer = getattr(_CAPTURED, "features", None)
-        if buffer is not None:  # only inside a SafeRoute forward of this thread
-            buffer.append(args[0])
 
     def _ensure_feature_hook(self):
         """Hook the head layer that is in the student now (quantization or PEFT may have swapped it)."""
@@ -133,7 +153,7 @@ class SafeRouteForSequenceClassification(SafeRoutePreTrainedModel):
             if self._hook["module"] is not head:
                 if self._hook["handle"] is not None:
                     self._hook["handle"].remove()
-                self._hook = {"module": head, "handle": head.register_forward_pre_hook(self._capture_features)}
+                self._hook = {"module": head, "handle": head.register_forward_pre_hook(capture_features)}
 
     @property
     def max_length(self):
@@ -146,20 +166,20 @@ class SafeRouteForSequenceClassification(SafeRoutePreTrainedModel):
         if token_type_ids is not None:
             model_inputs["token_type_ids"] = token_type_ids
         self._ensure_feature_hook()
-        outer, _CAPTURED.features = getattr(_CAPTURED, "features", None), []
-        try:
+        with capturing_features() as captured:
             student_out = self.student(**model_inputs, **kwargs)
-            captured = _CAPTURED.features
-        finally:
-            _CAPTURED.features = outer
         if not captured:
             raise RuntimeError(f"The student's classification layer {self._head_name!r} did not run: no feature for the router.")
         features = captured[-1]
         router_logits = self.router(features.to(self.router.layers[0].weight.dtype))
+        category_logits = None
+        if self.category_head is not None:
+            category_logits = self.category_head(features.to(self.category_head.weight.dtype))
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(student_out.logits.float(), labels)
-        return SafeRouteOutput(loss=loss, logits=student_out.logits, router_logits=router_logits, features=features)
+        return SafeRouteOutput(loss=loss, logits=student_out.logits, router_logits=router_logits, features=features,
+                               category_logits=category_logits)
 
 
 SafeRouteConfig.register_for_auto_class()

@@ -5,7 +5,10 @@
 `{"prompt", "response"}`, a conversation (a list of `{"role", "content"}` messages, or
 `{"messages": [...]}`), or a list of these (see `inputs.normalize_input`). Each result has the
 stock `label` / `score` plus `unsafe_score`, `student_unsafe_score`, `router_score`, `routed`,
-`decided_by`, `truncated`, `judged_turn`, `windows` and `repaired`.
+`decided_by`, `truncated`, `judged_turn`, `windows` and `repaired`; a model with a category head
+(`config.taxonomy`) adds `category_scores` ({category: probability}: the student head's, the large
+guard's for a routed input when it reads categories) and `categories` ({category: bool}: the score is
+above the category's threshold and the input is unsafe).
 
 One pipeline object may be called from many threads at once: a call keeps its state in its own
 locals, the model's forward passes the router feature per thread, tokenizer calls hold the
@@ -21,6 +24,7 @@ from transformers import Pipeline
 from .guards import load_guard
 from .inputs import encode_pairs, is_conversation, length_sorted_batches, normalize_batch, windows
 from .precision import autocast_context, normalize_precision, resolve_autocast
+from .taxonomy import Taxonomy
 
 ROUTE_MODES = ("auto", "never", "always")
 LONG_INPUTS = ("truncate", "chunk")
@@ -48,12 +52,17 @@ class SafeRoutePipeline(Pipeline):
         large_guard_batch_size: routed inputs per large-guard call (default: its own batch size).
         timings: a dict that the call fills with seconds spent per part (tokenize, student,
             large_guard, total): where a routed call spends its time.
+        category_thresholds: {category: threshold} over the model's (`config.category_thresholds`);
+            a category the model's taxonomy does not have is refused, by name.
+        taxonomy: the name of the taxonomy the caller expects; refused unless it is the model's.
     """
 
     def __init__(self, *args, large_guard=None, **kwargs):
         super().__init__(*args, **kwargs)
         self._large_guard = large_guard
         self._large_guard_lock = threading.Lock()
+        taxonomy = getattr(self.model.config, "taxonomy", None)
+        self.taxonomy = Taxonomy.load(taxonomy) if taxonomy else None
 
     # -- the large guard ---------------------------------------------------------------------
     @property
@@ -74,6 +83,8 @@ class SafeRoutePipeline(Pipeline):
         name, kind = ref.pop("name_or_path"), ref.pop("kind")
         options = dict(ref.pop("options", None) or {})
         options.setdefault("autocast_dtype", self._forward_params.get("autocast_dtype", "auto"))  # the pipeline's precision
+        if self.taxonomy is not None:  # its categories in this model's taxonomy (a head for another is refused)
+            options.setdefault("taxonomy", self.model.config.taxonomy)
         device = self.device if ref.get("backend", "transformers") == "transformers" else None
         try:
             return load_guard(name, kind, device=device, **ref, **options)
@@ -85,7 +96,8 @@ class SafeRoutePipeline(Pipeline):
 
     # -- options ------------------------------------------------------------------------------
     def _sanitize_parameters(self, threshold=None, router_threshold=None, route=None, autocast_dtype=None, long_inputs=None,
-                             on_large_guard_error=None, large_guard_batch_size=None, timings=None, **kwargs):
+                             on_large_guard_error=None, large_guard_batch_size=None, timings=None, category_thresholds=None,
+                             taxonomy=None, **kwargs):
         pre, forward, post = {}, {}, {}
         for name, value in (("threshold", threshold), ("router_threshold", router_threshold)):
             if value is not None:
@@ -107,6 +119,14 @@ class SafeRoutePipeline(Pipeline):
             if not isinstance(timings, dict):
                 raise ValueError(f"timings must be a dict to fill, got {type(timings).__name__}.")
             post["timings"] = timings
+        if taxonomy is not None or category_thresholds is not None:
+            if self.taxonomy is None:
+                raise ValueError("This model has no category head (no taxonomy): it takes no taxonomy or category_thresholds.")
+            if taxonomy is not None and taxonomy != self.taxonomy.name:
+                raise ValueError(f"This model reports the taxonomy {self.taxonomy.name!r} ({list(self.taxonomy.names)}), "
+                                 f"not {taxonomy!r}.")
+            if category_thresholds is not None:
+                post["category_thresholds"] = self.taxonomy.category_thresholds(category_thresholds)
         return pre, forward, post
 
     # -- the stages of one student batch ------------------------------------------------------------
@@ -120,6 +140,7 @@ class SafeRoutePipeline(Pipeline):
         return {
             "student_unsafe_score": torch.softmax(out.logits.float(), dim=-1)[:, 1].tolist(),
             "router_score": torch.sigmoid(out.router_logits.float()).tolist(),
+            "category_scores": torch.sigmoid(out.category_logits.float()).tolist() if out.category_logits is not None else None,
         }
 
     def postprocess(self, model_outputs, **kwargs):
@@ -169,6 +190,10 @@ class _Call:
             self.left[i] += 1
         self.windows = list(self.left)
         self.best = [None] * len(items)  # (student P, router score, truncated) of the deciding window
+        self.taxonomy = pipe.taxonomy
+        if self.taxonomy is not None:
+            self.category_thresholds = post.get("category_thresholds") or config.category_thresholds
+        self.categories = [None] * len(items)  # the student's category scores: the max over windows
         self.results = [None] * len(items)
         self.queue = []
         self.large_batch = post.get("large_guard_batch_size")
@@ -185,9 +210,12 @@ class _Call:
             t2 = time.perf_counter()
             self.clock["tokenize"] += t1 - t0
             self.clock["student"] += t2 - t1
-            for (i, _), p, r, cut in zip(units, out["student_unsafe_score"], out["router_score"], model_inputs["truncated"]):
+            cats = out["category_scores"] or [None] * len(units)
+            for (i, _), p, r, cut, cat in zip(units, out["student_unsafe_score"], out["router_score"], model_inputs["truncated"], cats):
                 if self.best[i] is None or p > self.best[i][0]:
                     self.best[i] = (p, r, cut)
+                if cat is not None:
+                    self.categories[i] = cat if self.categories[i] is None else list(map(max, self.categories[i], cat))
                 self.left[i] -= 1
                 if self.left[i] == 0:
                     self._decide(i)
@@ -221,8 +249,13 @@ class _Call:
             return
         queue, self.queue = self.queue, []
         start = time.perf_counter()
+        cats = [None] * len(queue)
         try:
-            scores, cut = self.pipe.large_guard.score([self.items[i] for i in queue], return_truncated=True)
+            if self.taxonomy is None:
+                scores, cut = self.pipe.large_guard.score([self.items[i] for i in queue], return_truncated=True)
+            else:
+                scores, cut, cats = self.pipe.large_guard.score([self.items[i] for i in queue], return_truncated=True,
+                                                                return_categories=True)
         except Exception as err:
             if self.on_error == "raise" or isinstance(err, ValueError):  # a bad input is the caller's error, never a fallback
                 raise
@@ -236,12 +269,16 @@ class _Call:
             return
         finally:
             self.clock["large_guard"] += time.perf_counter() - start
-        for i, p, c in zip(queue, scores, cut):
+        for i, p, c, cat in zip(queue, scores, cut, cats):
             self.results[i]["truncated"] = self.results[i]["truncated"] or c
-            self._finish(i, p, "large_guard")
+            self._finish(i, p, "large_guard", cat)
 
-    def _finish(self, i, unsafe, decided_by):
+    def _finish(self, i, unsafe, decided_by, large_categories=None):
         label = "unsafe" if unsafe > self.threshold else "safe"
         result = self.results[i]
         ordered = {"label": label, "score": unsafe if label == "unsafe" else 1.0 - unsafe, "unsafe_score": unsafe}
         self.results[i] = {**ordered, **{k: v for k, v in result.items() if k not in ordered}, "decided_by": decided_by}
+        if self.taxonomy is not None:
+            scores = large_categories or dict(zip(self.taxonomy.names, self.categories[i]))
+            self.results[i]["category_scores"] = scores
+            self.results[i]["categories"] = {c: label == "unsafe" and s > self.category_thresholds[c] for c, s in scores.items()}

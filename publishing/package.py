@@ -2,7 +2,9 @@
 
 The folder is exactly what `saferoute push` uploads: safetensors weights, tokenizer, config.json
 with `auto_map` and `custom_pipelines`, the remote code of `modeling_saferoute/`, the student's
-training record (`distill_info.json`) and README.md.
+training record (`distill_info.json`) and README.md. A student with a category head
+(`category_head.json` beside it, from `saferoute distill`) brings it along: the model's
+`category_head` and `config.taxonomy`.
 """
 
 import json
@@ -16,8 +18,9 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 import modeling_saferoute
-from modeling_saferoute import PIPELINE_IMPL, REMOTE_CODE_FILES, SafeRouteConfig, SafeRouteForSequenceClassification
+from modeling_saferoute import PIPELINE_IMPL, REMOTE_CODE_FILES, SafeRouteConfig, SafeRouteForSequenceClassification, Taxonomy
 from modeling_saferoute.bundled import resolve
+from modeling_saferoute.categories import load_category_head
 from modeling_saferoute.guards import BACKENDS, GUARD_KINDS
 
 from saferoute.config import parse_args
@@ -41,6 +44,8 @@ class PackageArguments:
     router_threshold: Optional[float] = field(default=None, metadata={"help": "Route when the router score is above this (default 0.5, or the router's own)."})
     threshold: float = field(default=0.5, metadata={"help": "P(unsafe) above this is 'unsafe'."})
     max_length: Optional[int] = field(default=None, metadata={"help": "Token budget of the student's pair encoding (default: the encoder's maximum)."})
+    category_thresholds: Optional[str] = field(default=None, metadata={"help": 'Per-category thresholds as JSON, e.g. \'{"hate": 0.4}\' (categories of the student\'s taxonomy; default 0.5 each).'})
+    large_guard_options: Optional[str] = field(default=None, metadata={"help": 'Options of the large-guard adapter as JSON, e.g. \'{"render_taxonomy": true}\' (write the taxonomy into a Llama-Guard-format guard\'s prompt).'})
     model_card: bool = field(default=True, metadata={"help": "Write README.md (the model card)."})
 
 
@@ -55,8 +60,12 @@ def load_student(student):
         path, num_labels=2, output_loading_info=True, ignore_mismatched_sizes=True
     )
     head_trained = not info["missing_keys"] and not info["mismatched_keys"]
-    model = SafeRouteForSequenceClassification(SafeRouteConfig(encoder=classifier.config))
+    categories = load_category_head(path)
+    taxonomy = categories[1].to_dict() if categories else None
+    model = SafeRouteForSequenceClassification(SafeRouteConfig(encoder=classifier.config, taxonomy=taxonomy))
     model.student.load_state_dict(classifier.state_dict())
+    if categories:
+        model.category_head.load_state_dict(categories[0].state_dict())
     return model, tokenizer, head_trained
 
 
@@ -70,6 +79,16 @@ def load_router_weights(path):
     if not tensors:
         raise ValueError(f"{file} holds no router.* tensors.")
     return tensors
+
+
+def _json_object(text, flag):
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{flag} must be a JSON object: {err}") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object, got {type(value).__name__}.")
+    return value
 
 
 def large_guard_location(name_or_path):
@@ -109,14 +128,19 @@ def package(args: PackageArguments):
     if args.large_guard_backend or args.large_guard_backend_options:
         if not getattr(config, "large_guard", None):
             raise ValueError("--large_guard_backend needs a large guard: pass --large_guard (and --large_guard_kind).")
-        try:
-            options = json.loads(args.large_guard_backend_options) if args.large_guard_backend_options else {}
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--large_guard_backend_options must be a JSON object: {err}") from err
-        if not isinstance(options, dict):
-            raise ValueError(f"--large_guard_backend_options must be a JSON object, got {type(options).__name__}.")
+        options = _json_object(args.large_guard_backend_options, "--large_guard_backend_options") if args.large_guard_backend_options else {}
         config.large_guard = {**config.large_guard, "backend": args.large_guard_backend or config.large_guard.get("backend", "transformers"),
                               "backend_options": options}
+    if args.large_guard_options:
+        if not getattr(config, "large_guard", None):
+            raise ValueError("--large_guard_options needs a large guard: pass --large_guard (and --large_guard_kind).")
+        config.large_guard = {**config.large_guard, "options": {**(config.large_guard.get("options") or {}),
+                                                                 **_json_object(args.large_guard_options, "--large_guard_options")}}
+    if args.category_thresholds:
+        if not config.taxonomy:
+            raise ValueError("--category_thresholds: the student has no category head (no taxonomy).")
+        config.category_thresholds = Taxonomy.load(config.taxonomy).category_thresholds(
+            _json_object(args.category_thresholds, "--category_thresholds"))
     if args.router_threshold is not None:
         config.router_threshold = float(args.router_threshold)
     config.threshold = float(args.threshold)

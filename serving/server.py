@@ -11,7 +11,7 @@ module, over the thread-safe pipeline.
 
 | route | what |
 | --- | --- |
-| POST /v1/moderations | the OpenAI moderation API shape: `input` a string or a list of strings; `results[i].flagged`, `categories`, `category_scores` (key `unsafe`), plus `router_score`, `routed`, `decided_by` |
+| POST /v1/moderations | the OpenAI moderation API shape: `input` a string or a list of strings; `results[i].flagged` (the binary verdict), `categories`, `category_scores` and `category_applied_input_types` keyed by the model's taxonomy (the 13 OpenAI moderation categories by default; a model without a category head answers the key `unsafe`), plus `router_score`, `routed`, `decided_by` |
 | POST /v1/classify | `inputs`: one or a list of the pipeline's input forms (strings, pairs, conversations); `options`: threshold, router_threshold, route, long_inputs, on_large_guard_error; the pipeline's results |
 | GET /health | 200 with the model name once it is loaded |
 | GET /metrics | request and item counts, errors, latency percentiles, the share routed, batch sizes |
@@ -115,11 +115,17 @@ class Metrics:
 
 
 def moderation_result(result):
-    """One OpenAI-moderation-shaped result from a pipeline result (plus the SafeRoute fields)."""
+    """One OpenAI-moderation-shaped result from a pipeline result (plus the SafeRoute fields): every
+    category of the model's taxonomy with its flag and score, each applied to the text input."""
     unsafe = result["label"] == "unsafe"
-    out = {"flagged": unsafe, "categories": {"unsafe": unsafe}, "category_scores": {"unsafe": result["unsafe_score"]},
-           "router_score": result["router_score"], "routed": result["routed"], "decided_by": result["decided_by"],
-           "truncated": result["truncated"]}
+    if "category_scores" in result:
+        scores = result["category_scores"]
+        out = {"flagged": unsafe, "categories": result["categories"], "category_scores": scores,
+               "category_applied_input_types": {c: ["text"] for c in scores}}
+    else:  # a model without a category head
+        out = {"flagged": unsafe, "categories": {"unsafe": unsafe}, "category_scores": {"unsafe": result["unsafe_score"]}}
+    out.update(router_score=result["router_score"], routed=result["routed"], decided_by=result["decided_by"],
+               truncated=result["truncated"])
     if "large_guard_error" in result:
         out["large_guard_error"] = result["large_guard_error"]
     return out

@@ -26,6 +26,14 @@ EXAMPLES = [
 ]
 
 
+def category_line(result, top=3):
+    """The categories a result reports (or, when none, its highest-scored ones), with their scores."""
+    flagged = [c for c, on in result["categories"].items() if on]
+    shown = flagged or sorted(result["category_scores"], key=result["category_scores"].get, reverse=True)[:top]
+    text = ", ".join(f"{c} ({result['category_scores'][c]:.2f})" for c in shown)
+    return text if flagged else f"none reported; highest: {text}"
+
+
 def check_text(text, name):
     if text is not None and len(text) > MAX_CHARS:
         raise gr.Error(f"The {name} has {len(text):,} characters; this demo accepts at most {MAX_CHARS:,}.")
@@ -62,6 +70,7 @@ def build_demo(model=None):
             f"**Latency:** student {student_ms:.0f} ms"
             + (f", large guard {large_ms:.0f} ms" if large_ms is not None else "")
             + ("  \n**Input truncated** to the model's maximum length." if result["truncated"] else "")
+            + (f"  \n**Categories:** {category_line(result)}" if "category_scores" in result else "")
         )
         scores = {"unsafe": result["unsafe_score"], "safe": 1 - result["unsafe_score"]}
         return verdict, scores, details
@@ -93,6 +102,8 @@ def build_demo(model=None):
         out = table.copy()
         for key in ("label", "unsafe_score", "router_score", "routed", "decided_by"):
             out[key] = [r[key] for r in results]
+        if results and "categories" in results[0]:
+            out["categories"] = [",".join(c for c, flagged in r["categories"].items() if flagged) for r in results]
         handle, out_path = tempfile.mkstemp(prefix="saferoute-results-", suffix=".csv")
         os.close(handle)
         out.to_csv(out_path, index=False)

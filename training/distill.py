@@ -16,6 +16,13 @@ HarmAug run's number of optimizer steps (`--step_budget harmaug`, default) or th
 over their own rows (`--step_budget epochs`: the augmented run sees its extra rows on top, as in
 the paper).
 
+Categories: when the corpus carries the teacher's category scores (`category_scores`, build-corpus with
+a teacher that has a category head) and/or `--category_rows N` labeled category rows are asked for, a
+multi-label category head is trained beside the binary head on the same pooled feature (one forward):
+KD (binary cross-entropy against the teacher's probabilities) where the teacher scored the row, the
+labels where the row has them, unknown entries masked (`training/categories.py`). The labeled rows'
+binary loss is masked, and the step budget grows with them so the binary rows are seen as often.
+
 Runs as `saferoute distill`, `python -m training.distill` or `accelerate launch -m training.distill`.
 The settings are a `TrainingArguments` subclass (`DistillConfig`): every Trainer flag works.
 """
@@ -53,6 +60,8 @@ from modeling_saferoute.modeling_saferoute import position_limit
 from modeling_saferoute.precision import precision_record
 from saferoute.config import parse_args, recorded_arguments
 
+from .categories import (IGNORE, CategoryArguments, CategoryLossMixin, attach_category_head, category_record, category_rows,
+                         detach_category_head, nan_rows, run_taxonomy, save_category_head)
 from .precision import training_precision
 from .sampling import BalancedSamplingMixin, TimeBudgetCallback, remove_checkpoints
 
@@ -63,7 +72,7 @@ INFO_FILE = "training_info.json"
 
 
 @dataclass
-class DistillConfig(TrainingArguments):
+class DistillConfig(CategoryArguments, TrainingArguments):
     """`TrainingArguments` with the paper's defaults, plus the distillation settings."""
 
     corpus: str = field(default="{output_root}/harmaug", metadata={"help": "HarmAug corpus folder (its train and validation splits); with --labels human also a seed pool ('offline', 'wildguardmix', a .jsonl/.parquet file), read through the role split."})
@@ -112,6 +121,7 @@ class DistillConfig(TrainingArguments):
             raise ValueError(f"--step-budget must be 'harmaug' or 'epochs', got {self.step_budget!r}.")
         if self.train_sampling_strategy not in ("group_by_length", "random"):
             raise ValueError(f"--train-sampling-strategy must be 'group_by_length' or 'random' here, got {self.train_sampling_strategy!r}.")
+        self.check_category_arguments()
         if not torch.cuda.is_available():
             self.use_cpu = True  # autocast on CPU, and no accelerator search
         self.precision, self.bf16 = training_precision(self.precision, self.bf16, self.use_cpu)
@@ -175,6 +185,34 @@ def training_rows(train, args):
     return rows
 
 
+def corpus_taxonomy(corpus):
+    """The Taxonomy of a corpus folder's teacher category scores (its `taxonomy.json`), or None."""
+    from dataset_builders.harmaug.build import TAXONOMY_FILE
+    from modeling_saferoute.taxonomy import Taxonomy
+
+    path = Path(corpus) / TAXONOMY_FILE if Path(str(corpus)).is_dir() else None
+    return Taxonomy.load(json.loads(path.read_text())) if path is not None and path.exists() else None
+
+
+def with_category_soft(rows, taxonomy, where):
+    """`rows` with `category_soft`: the teacher's probabilities per category (NaN without them)."""
+    if taxonomy is None:
+        return rows
+    if "category_scores" not in rows.column_names:
+        return rows.add_column("category_soft", nan_rows(len(rows), len(taxonomy)))
+    names = taxonomy.names
+
+    def soft(scores):
+        if scores is None:
+            return {"category_soft": [math.nan] * len(names)}
+        missing = [n for n in names if n not in scores]
+        if missing:
+            raise ValueError(f"{where}: the teacher's category scores lack {missing} of the taxonomy {taxonomy.name!r}.")
+        return {"category_soft": [math.nan if scores[n] is None else float(scores[n]) for n in names]}
+
+    return rows.map(soft, input_columns="category_scores")
+
+
 def harmaug_loss(logits, labels, soft=None):
     """0.5 * (CE(logits, labels) + KL([1 - soft, soft] || softmax(logits))); plain CE when `soft` is None."""
     logits = logits.float()
@@ -185,8 +223,9 @@ def harmaug_loss(logits, labels, soft=None):
     return 0.5 * (loss + F.kl_div(F.log_softmax(logits, dim=-1), teacher, reduction="batchmean"))
 
 
-class DistillTrainer(BalancedSamplingMixin, Trainer):
-    """Trainer with the HarmAug loss and a class-balanced (length-grouped) sampler."""
+class DistillTrainer(CategoryLossMixin, BalancedSamplingMixin, Trainer):
+    """Trainer with the HarmAug loss (and the category loss of a category head, `CategoryLossMixin`)
+    and a class-balanced (length-grouped) sampler."""
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
@@ -194,13 +233,8 @@ class DistillTrainer(BalancedSamplingMixin, Trainer):
         super().__init__(*args, **kwargs)
         self.kd = kd
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.pop("labels")
-        soft = inputs.pop("soft")
-        inputs.pop("length", None)
-        outputs = model(**inputs)
-        loss = harmaug_loss(outputs.logits, labels, soft if self.kd else None)
-        return (loss, outputs) if return_outputs else loss
+    def binary_loss(self, logits, labels, soft):
+        return harmaug_loss(logits, labels, soft if self.kd else None)
 
 
 def compute_metrics(eval_pred):
@@ -226,9 +260,53 @@ def tokenize(rows, tokenizer, max_length):
         out["labels"] = batch["target"]
         out["soft"] = batch["soft"]
         out["length"] = [len(e["input_ids"]) for e in encodings]
+        for column in ("category_targets", "category_soft"):
+            if column in batch:
+                out[column] = batch[column]
         return out
 
     return rows.map(encode, batched=True, remove_columns=rows.column_names, desc="tokenizing")
+
+
+TRAIN_COLUMNS = ("prompt", "response", "target", "soft", "source", "origin", "category_targets", "category_soft")
+
+
+def distill_taxonomy(args):
+    """The taxonomy of the student's category head: the corpus teacher's (its category scores), which
+    `--taxonomy` may only name again; else `--taxonomy` when `--category_rows` asks for labeled rows;
+    None: no category head."""
+    teacher = corpus_taxonomy(args.corpus)
+    if teacher is None and not args.category_rows:
+        return None
+    taxonomy = run_taxonomy(args, teacher)
+    if teacher is not None:
+        taxonomy.require_same(teacher, f"The teacher category scores of the corpus {args.corpus} (--taxonomy {args.taxonomy!r})")
+    return taxonomy
+
+
+def with_categories(args, taxonomy, rows, validation, steps):
+    """(training rows, validation rows, labeled rows or None, steps) with the category columns: the
+    corpus rows' `category_soft` (the teacher's probabilities; NaN without them or with --labels human)
+    and unknown `category_targets`, then the labeled category rows (binary target IGNORE, their labels
+    as `category_targets`). Unless --max-steps is set, the steps grow by the labeled rows' share."""
+    from datasets import concatenate_datasets
+
+    def prepared(part, where):
+        part = with_category_soft(part, taxonomy, where)
+        if args.labels == "human":  # no teacher: the category head learns from the labeled rows alone
+            part = part.remove_columns("category_soft").add_column("category_soft", nan_rows(len(part), len(taxonomy)))
+        return part.add_column("category_targets", nan_rows(len(part), len(taxonomy)))
+
+    rows, validation = prepared(rows, "corpus train split"), prepared(validation, "corpus validation split")
+    labeled = category_rows(args, taxonomy)
+    if labeled is None or not len(labeled):
+        return rows, validation, None, steps
+    labeled = labeled.map(lambda _: {"target": IGNORE, "soft": math.nan, "origin": "category",
+                                     "category_soft": [math.nan] * len(taxonomy)})
+    train_rows = concatenate_datasets([rows.select_columns(TRAIN_COLUMNS), labeled.select_columns(TRAIN_COLUMNS)])
+    if not (args.max_steps and args.max_steps > 0):
+        steps = math.ceil(steps * len(train_rows) / len(rows))
+    return train_rows, validation, labeled, steps
 
 
 def is_complete(output_dir):
@@ -342,10 +420,15 @@ def distill(args: DistillConfig):
         return output
     start = time.time()
     rows, validation, steps, roles = prepare(args)
+    taxonomy, train_rows, labeled = distill_taxonomy(args), rows, None
+    if taxonomy is not None:
+        train_rows, validation, labeled, steps = with_categories(args, taxonomy, rows, validation, steps)
     run_args = run_arguments(args, steps)
     tokenizer, model, max_length = load_student_classifier(args)
+    if taxonomy is not None:
+        attach_category_head(model, taxonomy, args.seed)
     with run_args.main_process_first(desc="tokenizing"):
-        train_ds, val_ds = tokenize(rows, tokenizer, max_length), tokenize(validation, tokenizer, max_length)
+        train_ds, val_ds = tokenize(train_rows, tokenizer, max_length), tokenize(validation, tokenizer, max_length)
     budget = TimeBudgetCallback(args.max_seconds) if args.max_seconds else None
     trainer = DistillTrainer(
         model=model,
@@ -356,17 +439,22 @@ def distill(args: DistillConfig):
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics,
         kd=args.labels == "teacher",
-        class_labels=train_ds["labels"] if args.balanced else None,
+        class_labels=[-1 if y == IGNORE else y for y in train_ds["labels"]] if args.balanced else None,
         callbacks=[budget] if budget else None,
+        category_loss_weight=args.category_loss_weight,
     )
     last = get_last_checkpoint(str(output)) if output.is_dir() else None
     result = trainer.train(resume_from_checkpoint=last)
     metrics = trainer.evaluate()
+    head = detach_category_head(trainer.model) if taxonomy is not None else None
     trainer.save_model(str(output))  # every process calls it; the main one writes
     if trainer.is_world_process_zero():
         (output / "training_args.bin").unlink(missing_ok=True)  # a pickle: training_info.json records the settings
+        if head is not None:
+            save_category_head(output, head[0], taxonomy, head[1])
         info = training_record(args, run_args, trainer, result, metrics, rows, validation, roles, steps, max_length,
                                time.time() - start, budget)
+        info["categories"] = category_record(taxonomy, train_rows, labeled) if taxonomy is not None else None
         (output / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
         if not args.keep_checkpoints:
             remove_checkpoints(output)

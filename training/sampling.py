@@ -15,10 +15,17 @@ logger = logging.getLogger(__name__)
 
 
 def balanced_weights(labels):
-    """Per-example sampling weight 1 / (count of its class)."""
+    """Per-example sampling weight 1 / (count of its class). Rows labeled -1 (e.g. category rows with
+    no binary target) are outside the balance: drawn as often as their share of the rows."""
     labels = torch.as_tensor(list(labels))
-    counts = torch.bincount(labels).double().clamp(min=1)
-    return (1.0 / counts)[labels]
+    classed = labels >= 0
+    counts = torch.bincount(labels[classed]).double().clamp(min=1)
+    weights = torch.zeros(len(labels), dtype=torch.double)
+    weights[classed] = (1.0 / counts)[labels[classed]]
+    others = int((~classed).sum())
+    if others:  # the classed rows weigh len(counts) in all; the others get their share of the total
+        weights[~classed] = len(counts) / max(int(classed.sum()), 1) if classed.any() else 1.0
+    return weights
 
 
 class BalancedLengthGroupedSampler(Sampler):

@@ -7,7 +7,11 @@ Two kinds behind one command, each saved as a folder that `load_guard(OUT, kind)
   through a Llama-Guard-style chat template shipped in the tokenizer); loss on the verdict only.
   The LoRA is merged into the base (`merge_and_unload`), so loading needs no peft.
 - `sequence_classification`: an encoder fine-tuned as a 2-way classifier on the pair encoding
-  (`modeling_saferoute.inputs.encode_pairs`) with the transformers `Trainer`.
+  (`modeling_saferoute.inputs.encode_pairs`) with the transformers `Trainer`. With `--category_rows N`
+  a multi-label category head (`--taxonomy`) is trained beside the binary head in the same run, on
+  the pooled feature the binary head reads: N labeled category rows (their binary loss masked) plus
+  the teacher rows' category targets where their source says them (`training/categories.py`);
+  saved as `category_head.json` + `category_head.safetensors` beside the stock classifier.
 
 Both train on the `teacher` rows of the role split (`saferoute roles`; a per-source mix of at most
 `max_train_examples` of them) and are scored by the guard adapter on `validation` rows (F1 at 0.5,
@@ -54,6 +58,8 @@ from modeling_saferoute.inputs import encode_pairs
 from modeling_saferoute.precision import precision_record
 from saferoute.config import parse_args, recorded_arguments
 
+from .categories import (IGNORE, CategoryArguments, CategoryLossMixin, attach_category_head, category_record, category_rows,
+                         detach_category_head, run_taxonomy, save_category_head)
 from .guard_template import DEFAULT_POLICY, guard_chat_template
 from .precision import training_precision
 from .sampling import BalancedSamplingMixin, TimeBudgetCallback, remove_checkpoints
@@ -67,7 +73,7 @@ ADAPTER_DIR = "lora-adapter"
 
 
 @dataclass
-class TrainGuardConfig(SFTConfig):
+class TrainGuardConfig(CategoryArguments, SFTConfig):
     """TRL's `SFTConfig` (a `TrainingArguments`) with the settings of the guard to train.
 
     `max_length` is the token budget of the pair encoding (sequence_classification) or of the whole
@@ -122,6 +128,12 @@ class TrainGuardConfig(SFTConfig):
             if value is not None and value < 2:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 2, got {value}.")
         self.source_weights = parse_weights(self.source_weights)
+        self.check_category_arguments()
+        if self.category_rows and self.kind != "sequence_classification":
+            raise ValueError("--category-rows trains a category head beside a sequence_classification guard; a llama_guard "
+                             "guard reads its categories from its own answer (write them into --guard-policy).")
+        if self.category_rows:
+            self.remove_unused_columns = False  # the category targets must reach compute_loss
         if not torch.cuda.is_available():
             self.use_cpu = True  # bf16 autocast on CPU, and no accelerator search
         self.precision, self.bf16 = training_precision(self.precision, self.bf16, self.use_cpu)
@@ -130,6 +142,10 @@ class TrainGuardConfig(SFTConfig):
 
 class BalancedTrainer(BalancedSamplingMixin, Trainer):
     """`Trainer` with class-balanced, length-grouped sampling."""
+
+
+class CategoryTrainer(CategoryLossMixin, BalancedSamplingMixin, Trainer):
+    """`BalancedTrainer` with a category head beside the binary head (masked category loss)."""
 
 
 class BalancedSFTTrainer(BalancedSamplingMixin, SFTTrainer):
@@ -243,15 +259,41 @@ def validation_metrics(score, dataset):
     }
 
 
+def with_category_targets(tokenizer, train, labeled, taxonomy, max_length):
+    """(encoded rows, sampler labels): the teacher rows with their category targets (from their source
+    or label, `Taxonomy.targets`; NaN = unknown) followed by the labeled category rows (binary target
+    `IGNORE`, sampler label -1: drawn at their share, outside the class balance)."""
+    from datasets import concatenate_datasets
+
+    from dataset_builders.categories import target_floats
+
+    binary = encode_classifier_dataset(tokenizer, train, max_length)
+    targets = target_floats(taxonomy, train.to_list(), "teacher row")
+    parts, sampler = [binary.add_column("category_targets", targets)], list(train["label"])
+    if labeled is not None and len(labeled):
+        extra = encode_classifier_dataset(tokenizer, labeled, max_length).map(lambda _: {"labels": IGNORE})
+        parts.append(extra.add_column("category_targets", list(labeled["category_targets"])))
+        sampler += [-1] * len(labeled)
+    return concatenate_datasets(parts), sampler
+
+
 def classifier_trainer(args, train):
-    """(trainer, tokenizer, training rows, class labels) of a sequence-classification guard."""
+    """(trainer, tokenizer, training rows, class labels) of a sequence-classification guard (with a
+    category head beside the binary one when `--category_rows` > 0)."""
     model, tokenizer = build_classifier(args)
-    train_ds = encode_classifier_dataset(tokenizer, train, args.max_length)
     class_labels = list(train["label"])
-    trainer = BalancedTrainer(
-        model=model, args=args, train_dataset=train_ds, data_collator=DataCollatorWithPadding(tokenizer),
-        processing_class=tokenizer, class_labels=class_labels, balanced=args.balanced_sampling,
-    )
+    common = dict(args=args, data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
+                  balanced=args.balanced_sampling)
+    if not args.category_rows:
+        train_ds = encode_classifier_dataset(tokenizer, train, args.max_length)
+        return BalancedTrainer(model=model, train_dataset=train_ds, class_labels=class_labels, **common), tokenizer, train_ds, class_labels
+    taxonomy = run_taxonomy(args)
+    labeled = category_rows(args, taxonomy)
+    attach_category_head(model, taxonomy, args.seed)
+    train_ds, sampler = with_category_targets(tokenizer, train, labeled, taxonomy, args.max_length)
+    trainer = CategoryTrainer(model=model, train_dataset=train_ds, class_labels=sampler, category_loss_weight=args.category_loss_weight,
+                              **common)
+    trainer.category_record = category_record(taxonomy, train_ds, labeled)
     return trainer, tokenizer, train_ds, class_labels
 
 
@@ -311,6 +353,7 @@ def training_record(args, trainer, result, seconds, cpu_seconds, budget, train_d
         "source_weights": args.source_weights,
         "train_examples": len(train_ds),
         "train_unsafe": int(sum(class_labels)),
+        "categories": getattr(trainer, "category_record", None),
         "val_examples": len(val),
         "train_seconds": round(seconds, 1),
         "train_cpu_seconds": round(cpu_seconds, 1),  # all threads: compare runs on a shared machine
@@ -346,7 +389,10 @@ def train_guard(args: TrainGuardConfig):
         trainer.save_model(str(output / ADAPTER_DIR))  # every rank: FSDP gathers the LoRA weights
     else:
         tokenizer.model_max_length = args.max_length  # the adapter scores at the trained length by default
+        head = detach_category_head(trainer.model) if hasattr(trainer.model, "category_head") else None
         trainer.save_model(str(output))  # model + tokenizer (processing_class)
+        if head is not None and trainer.is_world_process_zero():
+            save_category_head(output, head[0], run_taxonomy(args), head[1])
     if trainer.is_world_process_zero():
         if args.kind == "llama_guard":
             merge_lora(args, output / ADAPTER_DIR, output)

@@ -42,7 +42,16 @@ CORPUS_SCHEMA = pa.schema([
 GENERATE_SCHEMA = pa.schema([("request_index", pa.int64()), ("id", pa.string()), ("raw", pa.string()), ("instruction", pa.string())])
 FILTER_SCHEMA = pa.schema([("request_index", pa.int64()), ("id", pa.string()), ("instruction", pa.string())])
 RESPOND_SCHEMA = pa.schema([("id", pa.string()), ("kind", pa.string()), ("response", pa.string())])
-LABEL_SCHEMA = pa.schema([("id", pa.string()), ("unsafe_score", pa.float64())])
+LABEL_SCHEMA = pa.schema([("id", pa.string()), ("unsafe_score", pa.float64()), ("category_scores", pa.list_(pa.float64()))])
+TAXONOMY_FILE = "taxonomy.json"  # the taxonomy of the corpus' `category_scores` (beside README.md)
+
+
+def corpus_schema(categories=()):
+    """The corpus parquet schema; with the teacher's categories, a `category_scores` struct column
+    (one float per category, null for a row the teacher gave none)."""
+    if not categories:
+        return CORPUS_SCHEMA
+    return CORPUS_SCHEMA.append(pa.field("category_scores", pa.struct([(c, pa.float64()) for c in categories])))
 
 
 @dataclass
@@ -92,6 +101,7 @@ class BuildCorpusArguments:
     teacher_kind: str = field(default="auto", metadata={"help": "Guard kind of the teacher ('auto' reads its config)."})
     teacher_batch_size: int = field(default=16, metadata={"help": "Teacher scoring batch size."})
     teacher_max_length: int = field(default=512, metadata={"help": "Token bound of a teacher input (per message for causal-LM guards)."})
+    teacher_taxonomy: str = field(default="auto", metadata={"help": "The teacher's category scores: 'auto' (a classifier's category head; a Llama-Guard-format teacher's S1-S14 read into the project's taxonomy), 'none', or a taxonomy name / file."})
     label_shard_size: int = field(default=256, metadata={"help": "Items per label shard."})
     rows_per_file: int = field(default=100_000, metadata={"help": "Rows per output parquet file."})
     score_store: Optional[str] = field(default=None, metadata={"help": "Folder of the score store shared by the stages (recipes: {output_root}/scores): the teacher scores each text once across stages and runs; default <work_dir>/scores."})
@@ -210,7 +220,7 @@ def corpus_items(seeds, kept, responses):
     return items
 
 
-def dataset_info(splits, files):
+def dataset_info(splits, files, schema=CORPUS_SCHEMA):
     """The card's `dataset_info` (features, split sizes, bytes). Besides documenting the data it keeps
     `datasets`' cache honest: for a local folder whose card declares `configs`, the cache key is the
     folder name plus the card's metadata, so without sizes a rebuilt corpus could load stale rows."""
@@ -219,26 +229,27 @@ def dataset_info(splits, files):
 
     split_dict, total = SplitDict(), 0
     for name, rows in splits.items():
-        num_bytes = pa.Table.from_pylist(rows, schema=CORPUS_SCHEMA).nbytes
+        num_bytes = pa.Table.from_pylist(rows, schema=schema).nbytes
         split_dict.add(SplitInfo(name=name, num_bytes=num_bytes, num_examples=len(rows)))
         total += num_bytes
-    info = DatasetInfo(features=Features.from_arrow_schema(CORPUS_SCHEMA), splits=split_dict, config_name="default",
+    info = DatasetInfo(features=Features.from_arrow_schema(schema), splits=split_dict, config_name="default",
                        download_size=sum(Path(f).stat().st_size for f in files), dataset_size=total)
     return DatasetInfosDict({"default": info})
 
 
-def _parquet_blobs(rows, rows_per_file):
+def _parquet_blobs(rows, rows_per_file, schema=CORPUS_SCHEMA):
     blobs = []
     for k in range(max(1, -(-len(rows) // rows_per_file))):
         sink = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pylist(rows[k * rows_per_file : (k + 1) * rows_per_file], schema=CORPUS_SCHEMA), sink)
+        pq.write_table(pa.Table.from_pylist(rows[k * rows_per_file : (k + 1) * rows_per_file], schema=schema), sink)
         blobs.append(sink.getvalue().to_pybytes())
     return blobs
 
 
-def write_corpus(output, splits, stats, rows_per_file, repo_id=None, stats_path=None):
+def write_corpus(output, splits, stats, rows_per_file, repo_id=None, stats_path=None, taxonomy=None):
     """`output/data/<split>-<content hash>-XXXXX-of-YYYYY.parquet` for each split of `splits`
-    ({split: rows}) + `output/README.md`, each written atomically.
+    ({split: rows}) + `output/README.md` (+ `output/taxonomy.json`, the taxonomy of the teacher's
+    `category_scores`, when it has categories), each written atomically.
 
     The content hash in the file names (and in the card's `configs` patterns) gives every distinct
     corpus its own `datasets` cache entry: for a local folder whose card declares `configs`,
@@ -249,7 +260,8 @@ def write_corpus(output, splits, stats, rows_per_file, repo_id=None, stats_path=
 
     data = Path(output) / "data"
     data.mkdir(parents=True, exist_ok=True)
-    blobs = {name: _parquet_blobs(rows, rows_per_file) for name, rows in splits.items() if rows}
+    schema = corpus_schema([c["name"] for c in taxonomy["categories"]] if taxonomy else ())
+    blobs = {name: _parquet_blobs(rows, rows_per_file, schema) for name, rows in splits.items() if rows}
     digest = hashlib.sha1(b"".join(hashlib.sha1(b).digest() for bs in blobs.values() for b in bs)).hexdigest()[:10]
     written = []
     for name, parts in blobs.items():
@@ -258,8 +270,12 @@ def write_corpus(output, splits, stats, rows_per_file, repo_id=None, stats_path=
             atomic_write_bytes(path, lambda f, b=blob: f.write(b))
             written.append(path)
     card = render_dataset_card(stats, repo_id=repo_id or str(output), data_files={name: f"data/{name}-{digest}-*.parquet" for name in blobs})
-    dataset_info({name: rows for name, rows in splits.items() if rows}, written).to_dataset_card_data(card.data)
+    dataset_info({name: rows for name, rows in splits.items() if rows}, written, schema).to_dataset_card_data(card.data)
     atomic_write_text(Path(output) / "README.md", str(card))
+    if taxonomy:
+        atomic_write_text(Path(output) / TAXONOMY_FILE, json.dumps(taxonomy, indent=2))
+    else:
+        (Path(output) / TAXONOMY_FILE).unlink(missing_ok=True)
     for stale in data.glob("*.parquet"):
         if stale not in written:
             stale.unlink()
@@ -274,7 +290,8 @@ GENERATE_SETTINGS = ("seed_pool", "exemplar_sources", "generator", "backend", "p
 FILTER_SETTINGS = ("benchmarks", "ngram", "near_duplicate_threshold", "contamination_threshold")
 RESPOND_SETTINGS = ("backend", "precision", "dtype", "temperature", "top_p", "response_max_new_tokens", "response_min_new_tokens",
                     "compliant_prefix", "refusal_prefix", "batch_size", "shard_size", "seed")
-LABEL_SETTINGS = ("teacher", "teacher_kind", "precision", "teacher_dtype", "teacher_batch_size", "teacher_max_length", "label_shard_size")
+LABEL_SETTINGS = ("teacher", "teacher_kind", "precision", "teacher_dtype", "teacher_batch_size", "teacher_max_length", "label_shard_size",
+                  "teacher_taxonomy")
 
 
 class CorpusBuild:
@@ -359,11 +376,12 @@ class CorpusBuild:
         if self.state.is_main_process:
             stage.reset_if_changed()
 
-        store = label.teacher_store(args, self.models.device, args.score_store or str(self.work / "scores"))
+        taxonomy = label.teacher_taxonomy(args)
+        store = label.teacher_store(args, self.models.device, args.score_store or str(self.work / "scores"), taxonomy)
 
         def work(index):
             shard = items[index * args.label_shard_size : (index + 1) * args.label_shard_size]
-            return label.label_shard(store, self.models.teacher, shard, args.teacher_batch_size)
+            return label.label_shard(store, self.models.teacher, shard, args.teacher_batch_size, taxonomy)
 
         return _run_stage(stage, self.state, work, "label")
 
@@ -371,7 +389,9 @@ class CorpusBuild:
         """The corpus folder (main process), then the optional Hub upload."""
         args, output = self.args, Path(self.args.output_dir)
         if self.state.is_main_process:
-            rows = scored_rows(items, labeled.read(), self.work)
+            teacher_taxonomy = label.teacher_taxonomy(args)
+            taxonomy = teacher_taxonomy.to_dict() if teacher_taxonomy is not None else None
+            rows = scored_rows(items, labeled.read(), self.work, teacher_taxonomy.names if teacher_taxonomy else ())
             splits = {name: [r for r, it in zip(rows, items) if it["split"] == name] for name in SPLITS}
             stats = card.corpus_stats(splits["train"], args, counts, [r["instruction"] for r in kept],
                                       label.teacher_kind(args.teacher, args.teacher_kind), generation_meta)
@@ -381,7 +401,9 @@ class CorpusBuild:
             stats["arguments"] = recorded_arguments(args)
             stats["splits"] = {name: len(part) for name, part in splits.items()}
             stats["seed_rows_per_source"] = {name: rows_per_source(self.seeds[name]) for name in SPLITS}
-            write_corpus(output, splits, stats, args.rows_per_file, repo_id=args.push_to_hub, stats_path=self.work / "stats.json")
+            stats["categories"] = card.category_stats(splits["train"], taxonomy) if taxonomy else None
+            write_corpus(output, splits, stats, args.rows_per_file, repo_id=args.push_to_hub, stats_path=self.work / "stats.json",
+                         taxonomy=taxonomy)
             print(f"build-corpus: {stats['splits']} rows ({counts['kept']} instructions kept of {counts['generated']}) -> {output}", file=sys.stderr)
             if args.push_to_hub:
                 url = push_folder(output, args.push_to_hub, repo_type="dataset", private=args.hub_private,
@@ -391,8 +413,9 @@ class CorpusBuild:
         return output
 
 
-def scored_rows(items, scores, work):
-    """Corpus rows: the items with the teacher's unsafe_score and its hard label."""
+def scored_rows(items, scores, work, categories=()):
+    """Corpus rows: the items with the teacher's unsafe_score and its hard label (and, with the
+    teacher's `categories`, its `category_scores` {category: P})."""
     rows = []
     for item, scored in zip(items, scores):
         if item["id"] != scored["id"]:
@@ -401,6 +424,9 @@ def scored_rows(items, scores, work):
         rows.append({"id": item["id"], "prompt": item["prompt"], "response": item["response"], "unsafe_score": score,
                      "label": int(score > 0.5), "human_label": item["human_label"], "level": item["level"],
                      "source": item["source"], "origin": item["origin"], "kind": item["kind"]})
+        if categories:
+            values = scored.get("category_scores")
+            rows[-1]["category_scores"] = dict(zip(categories, values)) if values is not None else None
     return rows
 
 

@@ -27,6 +27,19 @@ def label_distribution(rows):
     return table
 
 
+def category_stats(rows, taxonomy):
+    """The card's category table: the mean teacher probability of each category per item kind."""
+    kinds = [k for k in ("seed", "prompt_only", "compliant", "refusal") if any(r["kind"] == k for r in rows)]
+    names = [c["name"] for c in taxonomy["categories"]]
+    mean = {}
+    for name in names:
+        mean[name] = {}
+        for kind in kinds:
+            values = [r["category_scores"][name] for r in rows if r["kind"] == kind and r.get("category_scores")]
+            mean[name][kind] = sum(values) / len(values) if values else float("nan")
+    return {"taxonomy": taxonomy["name"], "kinds": kinds, "mean": mean}
+
+
 def corpus_stats(rows, args, filter_counts, instructions, teacher_kind, generation_meta=()):
     """Everything the dataset card reports, as a JSON-serialisable dict."""
     stats = {name: getattr(args, name) for name in CARD_SETTINGS}
