@@ -13,6 +13,7 @@ decision threshold). AUPRC reads the scores alone.
 import numpy as np
 
 from dataset_builders.categories import BENCHMARK, load_category_benchmark
+from dataset_builders.score_store import category_columns
 
 from . import metrics as M
 
@@ -24,20 +25,6 @@ SYSTEMS = {
     "guard": "guard",
     "guard_binary": "guard P(unsafe) as each category's score",
 }
-PREFIX = "category:"
-
-
-def columns(taxonomy):
-    """The score-cache column of each category of `taxonomy`."""
-    return [PREFIX + c for c in taxonomy.names]
-
-
-def score_columns(results, taxonomy):
-    """{column: [score per item]} of the `category_scores` dicts of pipeline or guard results
-    (NaN for an item without them)."""
-    return {PREFIX + c: [np.nan if r is None else float(r[c]) for r in results] for c in taxonomy.names}
-
-
 def benchmark(taxonomy, max_rows=None, seed=0):
     """(rows, labeled categories) of the category benchmark for `taxonomy`, at most `max_rows` of
     them (a label-stratified seeded sample); (None, []) when the taxonomy does not map its labels."""
@@ -102,8 +89,8 @@ def evaluate_systems(systems, targets, binary_labels, taxonomy, labeled, thresho
 
 
 def frame_scores(frame, taxonomy):
-    """(n, K) category scores from a cache frame's category columns."""
-    return np.stack([frame[col].to_numpy(dtype=float) for col in columns(taxonomy)], axis=1)
+    """(n, K) category scores from a score-store frame's category columns."""
+    return np.stack([frame[col].to_numpy(dtype=float) for col in category_columns(taxonomy)], axis=1)
 
 
 def report_section(rows, labeled, taxonomy, result, thresholds, threshold, routed_share=None):

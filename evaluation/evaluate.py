@@ -40,7 +40,7 @@ from transformers import AutoConfig, pipeline
 from dataset_builders.benchmarks import BENCHMARKS, SOURCES, load_benchmarks, parse_benchmark_names
 from dataset_builders.roles import RoleTable, mixed_sample
 from dataset_builders.schema import guard_items
-from dataset_builders.score_store import LazyScorer, ScoreStore, cached_scores, guard_store, model_key
+from dataset_builders.score_store import LazyScorer, ScoreStore, cached_scores, category_columns, category_values, guard_store, model_key
 from dataset_builders.seed_pool import load_seed_pool
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.guards import GUARD_KINDS, load_guard
@@ -114,7 +114,7 @@ def student_scorer(model, batch_size, device, precision="auto", taxonomy=None):
                     out["student_unsafe_score"].append(float(result["student_unsafe_score"]))
                     out["router_score"].append(float(result["router_score"]))
                     results.append(result.get("category_scores"))
-            return {**out, **(C.score_columns(results, taxonomy) if taxonomy is not None else {})}
+            return {**out, **(category_values(results, taxonomy) if taxonomy is not None else {})}
 
         return score
 
@@ -132,7 +132,7 @@ def guard_scorer(name_or_path, kind, batch_size, taxonomy=None, **load_kwargs):
 
         def score(items):
             unsafe, cats = guard.score(items, batch_size=batch_size, show_progress=True, return_categories=True)
-            return {"unsafe_score": unsafe, **C.score_columns(cats, taxonomy)}
+            return {"unsafe_score": unsafe, **category_values(cats, taxonomy)}
 
         return score
 
@@ -320,30 +320,26 @@ def _evaluate_saferoute(args, datasets, run, settings):
 
 
 # -- harm categories ------------------------------------------------------------------------------------
-def _category_run(args, taxonomy, thresholds, scorers, router_threshold=None, warnings=None):
-    """The `categories` report entry and its per-row frame, from `scorers` ({system: (cache key, info,
-    scorer, unsafe column)} of "student"/"large_guard" or "guard"); None when the benchmark does not
+def _category_run(args, taxonomy, thresholds, stores, router_threshold=None, warnings=None):
+    """The `categories` report entry and its per-row frame, from `stores` ({system: (score store,
+    scorer)} of "student" and "large_guard", or "guard"); (None, None) when the benchmark does not
     label this taxonomy."""
     rows, labeled = C.benchmark(taxonomy, args.max_category_rows, args.seed)
     if rows is None:
         logger.info("The taxonomy %r maps none of %s's labels: no category evaluation.", taxonomy.name, C.BENCHMARK)
         return None, None
-    frames = {}
-    for system, (key, info, scorer, columns) in scorers.items():
-        cache = ScoreCache(Path(args.output_dir) / "cache" / f"{key}.parquet", (*columns, *C.columns(taxonomy)), info, args.recompute)
-        frames[system] = cached_scores(cache, scorer, rows, C.BENCHMARK)
+    frames = {system: cached_scores(store, scorer, guard_items(rows), C.BENCHMARK) for system, (store, scorer) in stores.items()}
     targets = np.asarray(rows["category_targets"], dtype=float)
-    k = len(taxonomy)
     systems, frame = {}, pd.DataFrame({"id": rows["id"], "label": rows["label"]})
     for system, scores in frames.items():
-        unsafe = scores["unsafe_score" if system != "student" else "student_unsafe_score"].to_numpy(dtype=float)
+        unsafe = scores["student_unsafe_score" if system == "student" else "unsafe_score"].to_numpy(dtype=float)
         cats = C.frame_scores(scores, taxonomy)
         systems[system] = (cats, unsafe)
-        systems[f"{system}_binary"] = (np.repeat(unsafe[:, None], k, axis=1), unsafe)
+        if system != "large_guard":  # the baseline the category head must beat: P(unsafe) as every category's score
+            systems[f"{system}_binary"] = (np.repeat(unsafe[:, None], len(taxonomy), axis=1), unsafe)
         frame[f"{system}_unsafe_score"] = unsafe
         for j, c in enumerate(taxonomy.names):
             frame[f"{system}:{c}"] = cats[:, j]
-    systems.pop("large_guard_binary", None)
     routed_share = None
     if "large_guard" in frames:
         routed = frames["student"]["router_score"].to_numpy(dtype=float) > router_threshold
@@ -364,20 +360,20 @@ def _saferoute_categories(args, config, large, router_threshold, warnings):
     large_name, large_kind, large_kwargs, large_batch = large
     s_key, s_info = model_key("saferoute-categories", args.model, "saferoute", max_length=getattr(config, "max_input_length", None),
                               precision=_ran(args), taxonomy=taxonomy.name)
-    l_key, l_info = model_key("large-categories", large_name, large_kind, revision=large_kwargs["revision"], dtype=large_kwargs["dtype"],
-                              precision=_ran(args), taxonomy=taxonomy.name,
-                              **{k: v for k, v in large_kwargs.items() if k not in ("revision", "dtype", "device", "batch_size")})
-    scorers = {
-        "student": (s_key, s_info, student_scorer(args.model, args.batch_size, args.device, args.precision, taxonomy), STUDENT_COLUMNS),
-        "large_guard": (l_key, l_info, guard_scorer(large_name, large_kind, large_batch, taxonomy=taxonomy,
-                                                    autocast_dtype=args.precision, **large_kwargs), GUARD_COLUMNS),
+    stores = {
+        "student": (ScoreStore(_store_root(args), s_key, s_info, (*STUDENT_COLUMNS, *category_columns(taxonomy)), args.recompute),
+                    student_scorer(args.model, args.batch_size, args.device, args.precision, taxonomy)),
+        "large_guard": (guard_store(_store_root(args), large_name, large_kind, args.precision, _device(args), args.recompute,
+                                    taxonomy=taxonomy, **{k: v for k, v in large_kwargs.items() if k != "device"}),
+                        guard_scorer(large_name, large_kind, large_batch, taxonomy=taxonomy, autocast_dtype=args.precision,
+                                     **large_kwargs)),
     }
-    return _category_run(args, taxonomy, config.category_thresholds, scorers, router_threshold, warnings)
+    return _category_run(args, taxonomy, config.category_thresholds, stores, router_threshold, warnings)
 
 
 def _guard_categories(args, warnings):
-    """Per-category evaluation of a single --guard: its category head, or a Llama-Guard-format guard's
-    codes read into the project's taxonomy."""
+    """Per-category evaluation of a single --guard: its category head, or a Llama Guard's S1-S14 read
+    into the project's taxonomy (`categories.guard_taxonomy`)."""
     from dataset_builders.categories import guard_taxonomy
 
     if not args.categories:
@@ -385,11 +381,11 @@ def _guard_categories(args, warnings):
     taxonomy = guard_taxonomy(args.guard, args.guard_kind, args.guard_revision)
     if taxonomy is None:
         return None, None
-    key, info = model_key("guard-categories", args.guard, args.guard_kind, revision=args.guard_revision, dtype=args.dtype,
-                          max_length=args.max_length, precision=_ran(args), taxonomy=taxonomy.name)
+    store = guard_store(_store_root(args), args.guard, args.guard_kind, args.precision, _device(args), args.recompute, taxonomy=taxonomy,
+                        revision=args.guard_revision, dtype=args.dtype, max_length=args.max_length)
     scorer = guard_scorer(args.guard, args.guard_kind, args.batch_size, taxonomy=taxonomy, revision=args.guard_revision,
                           dtype=args.dtype, device=args.device, max_length=args.max_length, autocast_dtype=args.precision)
-    return _category_run(args, taxonomy, taxonomy.thresholds, {"guard": (key, info, scorer, GUARD_COLUMNS)}, warnings=warnings)
+    return _category_run(args, taxonomy, taxonomy.thresholds, {"guard": (store, scorer)}, warnings=warnings)
 
 
 def _average_curves(curves, names):
