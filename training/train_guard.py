@@ -90,6 +90,7 @@ class TrainGuardConfig(SFTConfig):
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (llama_guard)."})
     lora_target_modules: str = field(default="all-linear", metadata={"help": "LoRA target modules: 'all-linear' or comma-separated names."})
     dtype: Optional[str] = field(default=None, metadata={"help": "dtype the base weights load in (e.g. bfloat16 on GPUs); default float32."})
+    freeze_layers: int = field(default=0, metadata={"help": "sequence_classification: freeze the embeddings and this many lowest encoder layers (0: train everything); the backward pass and the optimizer then cover the upper layers only."})
     balanced_sampling: bool = field(default=True, metadata={"help": "Draw training examples with probability 1/class count (WeightedRandomSampler)."})
     max_seconds: Optional[float] = field(default=None, metadata={"help": "Opt-in wall-clock cap: stop training gracefully after this many seconds (recorded as stopped_early)."})
     per_device_eval_batch_size: int = field(default=32, metadata={"help": "Batch size of the validation scoring."})
@@ -148,7 +149,26 @@ def build_classifier(args):
         ignore_mismatched_sizes=True,
         dtype=args.dtype or "float32",
     )
+    if args.freeze_layers:
+        freeze_lower_layers(model, args.freeze_layers)
     return model, tokenizer
+
+
+def freeze_lower_layers(model, n):
+    """Freeze the embeddings and the lowest `n` transformer layers of an encoder classifier (BERT,
+    MPNet, RoBERTa, DeBERTa... : `base_model.embeddings` and `base_model.encoder.layer`); the rest
+    and the head train. Returns the number of parameters left to train."""
+    base = model.base_model
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if layers is None or not hasattr(base, "embeddings"):
+        raise ValueError(f"--freeze_layers: {type(model).__name__} has no embeddings + encoder.layer to freeze.")
+    if not 0 < n <= len(layers):
+        raise ValueError(f"--freeze_layers must be in [1, {len(layers)}] for {type(model).__name__}, got {n}.")
+    for module in [base.embeddings, *layers[:n]]:
+        module.requires_grad_(False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("Froze the embeddings and %d of %d layers: %.1fM parameters train.", n, len(layers), trainable / 1e6)
+    return trainable
 
 
 def encode_classifier_dataset(tokenizer, dataset, max_length):
