@@ -38,7 +38,7 @@ from dataset_builders.score_store import LazyScorer, ScoreStore, cached_scores, 
 from dataset_builders.seed_pool import load_seed_pool
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.guards import GUARD_KINDS, load_guard
-from modeling_saferoute.precision import precision_record, resolve_precision
+from modeling_saferoute.precision import precision_record, resolve_inference_precision, resolve_precision
 from saferoute.config import parse_args, recorded_arguments
 
 from . import metrics as M
@@ -246,7 +246,7 @@ def _evaluate_saferoute(args, datasets, run, settings):
     router_threshold = config.router_threshold if args.router_threshold is None else args.router_threshold
     large_name, large_kind, large_kwargs, large_batch = _large_guard_reference(args, config)
     s_key, s_info = model_key("saferoute", args.model, "saferoute", max_length=getattr(config, "max_input_length", None),
-                              precision=_ran(args))
+                              precision=resolve_inference_precision(args.precision, _device(args), warn=False))  # the student may run in int8
     s_cache = ScoreStore(_store_root(args), s_key, s_info, STUDENT_COLUMNS, args.recompute)
     l_cache = guard_store(_store_root(args), large_name, large_kind, args.precision, _device(args), args.recompute,
                           **{k: v for k, v in large_kwargs.items() if k != "device"})

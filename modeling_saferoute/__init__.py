@@ -18,6 +18,7 @@ REMOTE_CODE_FILES = (
     "inputs.py",
     "bundled.py",
     "precision.py",
+    "quantization.py",
 )
 PIPELINE_IMPL = {
     "impl": "pipeline_saferoute.SafeRoutePipeline",

@@ -9,7 +9,7 @@ stock `label` / `score` plus `unsafe_score`, `student_unsafe_score`, `router_sco
 
 One pipeline object may be called from many threads at once: a call keeps its state in its own
 locals, the model's forward passes the router feature per thread, tokenizer calls hold the
-tokenizer's lock, and the large guard is loaded once under a lock.
+tokenizer's lock, and the large guard and the int8 student are made once, under a lock.
 """
 
 import threading
@@ -20,7 +20,8 @@ from transformers import Pipeline
 
 from .guards import load_guard
 from .inputs import encode_pairs, is_conversation, length_sorted_batches, normalize_batch, windows
-from .precision import autocast_context, normalize_precision, resolve_autocast
+from .precision import autocast_context, normalize_inference_precision, resolve_autocast, resolve_inference_precision
+from .quantization import int8_copy
 
 ROUTE_MODES = ("auto", "never", "always")
 LONG_INPUTS = ("truncate", "chunk")
@@ -36,8 +37,10 @@ class SafeRoutePipeline(Pipeline):
         router_threshold: route when the router score is above it (default: the model's).
         route: "auto" (the router decides), "never" (student only) or "always" (large guard only).
         batch_size: inputs per student forward (default 32).
-        autocast_dtype: "auto" (bf16 where the device multiplies bf16 natively: AMX / AVX512-BF16
-            CPUs, bf16 GPUs; float32 elsewhere), "none" / "float32", or a dtype.
+        autocast_dtype: the student's precision: "auto" (bf16 where the device multiplies bf16
+            natively: AMX / AVX512-BF16 CPUs, bf16 GPUs; int8 on a CPU with VNNI and no native bf16;
+            float32 elsewhere), "int8" (CPU), "none" / "float32", or a dtype. `student_precision`
+            says what the pipeline's default resolves to here.
         long_inputs: "truncate" (cut to the student's budget, keeping prompt and response) or
             "chunk" (overlapping windows of the response, or of a prompt-only input, each scored with
             the rest; P(unsafe) is the highest window's, the router reads that window).
@@ -54,6 +57,8 @@ class SafeRoutePipeline(Pipeline):
         super().__init__(*args, **kwargs)
         self._large_guard = large_guard
         self._large_guard_lock = threading.Lock()
+        self._int8_model = None
+        self._int8_lock = threading.Lock()
 
     # -- the large guard ---------------------------------------------------------------------
     @property
@@ -73,7 +78,8 @@ class SafeRoutePipeline(Pipeline):
             raise ValueError("This SafeRoute model has no large guard configured (config.large_guard).")
         name, kind = ref.pop("name_or_path"), ref.pop("kind")
         options = dict(ref.pop("options", None) or {})
-        options.setdefault("autocast_dtype", self._forward_params.get("autocast_dtype", "auto"))  # the pipeline's precision
+        precision = self._forward_params.get("autocast_dtype", "auto")  # the pipeline's precision (int8 is the student's only)
+        options.setdefault("autocast_dtype", "auto" if normalize_inference_precision(precision) == "int8" else precision)
         device = self.device if ref.get("backend", "transformers") == "transformers" else None
         try:
             return load_guard(name, kind, device=device, **ref, **options)
@@ -82,6 +88,23 @@ class SafeRoutePipeline(Pipeline):
                 f"Inputs were routed to the large guard {name!r} (kind {kind!r}) but it could not be "
                 f"loaded: {err}. Pass route='never' to use the student alone."
             ) from err
+
+    # -- the student's precision ---------------------------------------------------------------
+    @property
+    def student_precision(self):
+        """What the student runs in under this pipeline's default options: "int8", "bf16", "fp16"
+        or "float32" ("auto" resolved on this device)."""
+        return resolve_inference_precision(self._forward_params.get("autocast_dtype", "auto"), self.device, warn=False)
+
+    @property
+    def int8_model(self):
+        """The model with its student in int8 (`quantization.int8_copy`), made the first time it is
+        needed (once, also when several threads ask at the same time)."""
+        if self._int8_model is None:
+            with self._int8_lock:
+                if self._int8_model is None:
+                    self._int8_model = int8_copy(self.model)
+        return self._int8_model
 
     # -- options ------------------------------------------------------------------------------
     def _sanitize_parameters(self, threshold=None, router_threshold=None, route=None, autocast_dtype=None, long_inputs=None,
@@ -99,7 +122,7 @@ class SafeRoutePipeline(Pipeline):
                     raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
                 target[name] = value
         if autocast_dtype is not None:
-            normalize_precision(autocast_dtype)  # refuses what is not a precision
+            normalize_inference_precision(autocast_dtype)  # refuses what is not a precision
             forward["autocast_dtype"] = autocast_dtype
         if large_guard_batch_size is not None:
             post["large_guard_batch_size"] = _positive_int("large_guard_batch_size", large_guard_batch_size)
@@ -115,8 +138,10 @@ class SafeRoutePipeline(Pipeline):
         return {"batch": self.tokenizer.pad(encodings, return_tensors="pt"), "truncated": truncated}
 
     def _forward(self, model_inputs, autocast_dtype="auto"):
-        with autocast_context(self.device, resolve_autocast(autocast_dtype, self.device)):
-            out = self.model(**model_inputs["batch"])
+        precision = resolve_inference_precision(autocast_dtype, self.device, warn=False)
+        model = self.int8_model if precision == "int8" else self.model
+        with autocast_context(self.device, None if precision == "int8" else resolve_autocast(precision, self.device)):
+            out = model(**model_inputs["batch"])
         return {
             "student_unsafe_score": torch.softmax(out.logits.float(), dim=-1)[:, 1].tolist(),
             "router_score": torch.sigmoid(out.router_logits.float()).tolist(),
