@@ -8,6 +8,7 @@ from .configuration_saferoute import SafeRouteConfig
 from .guards import GUARD_KINDS, load_guard
 from .modeling_saferoute import SafeRouteForSequenceClassification, SafeRouteOutput
 from .pipeline_saferoute import SafeRoutePipeline
+from .streaming import ResponseStream, StreamClosedError
 
 REMOTE_CODE_FILES = (
     "configuration_saferoute.py",
@@ -18,6 +19,7 @@ REMOTE_CODE_FILES = (
     "inputs.py",
     "bundled.py",
     "precision.py",
+    "streaming.py",
 )
 PIPELINE_IMPL = {
     "impl": "pipeline_saferoute.SafeRoutePipeline",
@@ -32,6 +34,8 @@ __all__ = [
     "SafeRouteConfig",
     "SafeRouteForSequenceClassification",
     "SafeRouteOutput",
+    "ResponseStream",
     "SafeRoutePipeline",
+    "StreamClosedError",
     "load_guard",
 ]
