@@ -35,14 +35,16 @@ deciding check's `student_unsafe_score`, `router_score`, `routed` and, where the
 
 Many streams share one pipeline (it is thread-safe); a stream keeps its state to itself and
 serializes its own calls with a lock. To batch the checks of many streams (a server, a benchmark),
-split `feed`: `check = stream.append(piece)` gives the check to run now (or None); run
-`pipe([c.item for c in checks], **stream.call_options)` on any number of them at once; then
-`stream.apply(check, result)`. `stream.end()` and `apply` do the same for `close`.
+split `feed`: `checks = stream.append(piece)` gives the checks to run now (usually none or one; one
+per `stride` tokens a long piece completes); run `pipe([c.item for c in checks], **stream.call_options)`
+on those of any number of streams at once; then `stream.apply(check, result)` for each, in order.
+`stream.end()` and `apply` do the same for `close`.
 """
 
 import inspect
 import re
 import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Optional
 
@@ -171,7 +173,7 @@ class ResponseStream:
         self._lock = threading.RLock()
         self._pieces = 0
         self._checked = 0  # response tokens at the last check
-        self._pending = None
+        self._pending = deque()
         self._closing = self._closed = False
         self._checks = self._run = 0
         self._last = None  # record of the latest check
@@ -187,30 +189,28 @@ class ResponseStream:
 
     # -- feeding -------------------------------------------------------------------------------
     def feed(self, piece):
-        """Take the next piece of the response; return the current verdict (checking if `stride` new
-        tokens have arrived)."""
+        """Take the next piece of the response; return the current verdict (after a check at each
+        `stride` tokens the piece completes: one for a token's text, several for a long piece)."""
         with self._lock:
-            check = self.append(piece)
-            return self.apply(check, self._run_check(check)) if check else self.verdict
+            self._run_checks(self.append(piece))
+            return self.verdict
 
     def close(self):
         """Check what was read since the last check; return the final verdict on the whole response
         (closing twice returns it again)."""
         with self._lock:
             if not self._closed:
-                check = self.end()
-                if check:
-                    self.apply(check, self._run_check(check))
+                self._run_checks(self.end())
             return self.verdict
 
     def append(self, piece):
-        """Add a piece; return the `Check` to run now (then `apply` its result), or None."""
+        """Add a piece; return the `Check`s to run now, in order (each at a `stride` boundary; none
+        once the stream has stopped). `apply` each result in that order before the next append."""
         with self._lock:
             index = self._pieces
             if self._closing:
                 raise StreamClosedError(f"Stream piece {index}: the stream is closed; open a new one with guard.stream(...).")
-            if self._pending is not None:
-                raise RuntimeError("The stream has a check whose result was not applied yet (apply(check, result) first).")
+            self._no_pending()
             if isinstance(piece, (bytes, bytearray)):
                 raise ValueError(f"Stream piece {index} is bytes; decode it to str first.")
             if not isinstance(piece, str):
@@ -219,43 +219,57 @@ class ResponseStream:
             self._repaired |= fixed
             self._pieces += 1
             self.tokens.append(piece)
-            if self._stopped is None and len(self.tokens) - self._checked >= self.stride:
-                return self._check(final=False)
-            return None
+            if self._stopped is not None:
+                return []
+            ends = range(self._checked + self.stride, len(self.tokens) + 1, self.stride)
+            return [self._check(n, final=False) for n in ends]
 
     def end(self):
-        """Close the stream to new pieces; return the closing `Check` to run (or None when nothing was
-        read since the last check, or the stream stopped)."""
+        """Close the stream to new pieces; return the closing `Check`s to run (the last window, or none
+        when nothing was read since the last check or the stream stopped)."""
         with self._lock:
-            if self._pending is not None:
-                raise RuntimeError("The stream has a check whose result was not applied yet (apply(check, result) first).")
+            self._no_pending()
             if not self._closing and not self.tokens.text.strip():
                 raise ValueError("The stream's response is empty: there is nothing to judge.")
             self._closing = True
             if self._stopped is None and (len(self.tokens) > self._checked or self._checks == 0):
-                return self._check(final=True)
+                return [self._check(len(self.tokens), final=True)]
             self._closed = True
-            return None
+            return []
 
-    def _check(self, final):
-        n = len(self.tokens)
+    def _no_pending(self):
+        if self._pending:
+            raise RuntimeError("The stream has checks whose results were not applied yet (apply(check, result) for each first).")
+
+    def _check(self, n, final):
+        """The check of the window that ends at response token `n` (the large guard reads the response through it)."""
+        tokens = self.tokens
         start = max(0, n - self.window)
-        view = {**self.item, "response": self.tokens.text[self.tokens.start_of(start) if n else 0 :]}
-        item = {**self.item, "response": self.tokens.text, "repaired": self._repaired, "student_view": view}
-        self._pending = Check(item=item, start=start, tokens=n, final=final)
+        first = tokens.start_of(start) if start < len(tokens) else 0
+        last = tokens.start_of(n) if n < len(tokens) else len(tokens.text)
+        so_far = tokens.text[:last]
+        view = {**self.item, "response": so_far[first:]}
+        check = Check(item={**self.item, "response": so_far, "repaired": self._repaired, "student_view": view}, start=start, tokens=n, final=final)
+        self._pending.append(check)
         self._checked = n
-        return self._pending
+        return check
 
-    def _run_check(self, check):
-        return self.pipe([check.item], **self.call_options)[0]
+    def _run_checks(self, checks):
+        if checks:
+            results = self.pipe([c.item for c in checks], **self.call_options)
+            for check, result in zip(checks, results):
+                self.apply(check, result)
 
     # -- results ---------------------------------------------------------------------------
     def apply(self, check, result):
         """Record the pipeline's `result` for `check` (from `append` or `end`); return the verdict."""
         with self._lock:
-            if check is not self._pending:
-                raise RuntimeError("apply() takes the check this stream returned last, once.")
-            self._pending = None
+            if not self._pending or check is not self._pending[0]:
+                raise RuntimeError("apply() takes the checks this stream returned, each once, in order.")
+            self._pending.popleft()
+            if self._stopped is not None:  # a later check of the same piece, after the stop: the verdict is frozen
+                self._closed |= check.final
+                return self.verdict
             record = {k: result[k] for k in CHECK_KEYS if k in result}
             record["span"] = [check.start, check.tokens]
             self._checks += 1

@@ -83,18 +83,19 @@ def add_stream_route(app, pipe, batcher, args, text_size):
     streams = app.state.streams = OpenStreams()
     defaults = {"on_large_guard_error": args.on_large_guard_error}
 
-    async def run(stream, check):
-        if check is None:
+    async def run(stream, checks):
+        if not checks:
             return stream.verdict
-        streams.count("checks")
+        streams.count("checks", len(checks))
         try:
-            (result,) = await asyncio.wrap_future(batcher.submit([check.item], stream.call_options))
+            results = await asyncio.wrap_future(batcher.submit([c.item for c in checks], stream.call_options))
         except ValueError as err:
             raise StreamError(str(err)) from None
         except ConnectionError as err:
             raise StreamError(f"The large guard is unavailable: {err}", "large_guard_unavailable", CLOSE_ERROR) from None
         was_stopped = stream.verdict["stop"]
-        verdict = stream.apply(check, result)
+        for check, result in zip(checks, results):
+            verdict = stream.apply(check, result)
         if verdict["stop"] and not was_stopped:
             streams.count("stopped")
         return verdict
@@ -162,10 +163,10 @@ def add_stream_route(app, pipe, batcher, args, text_size):
                 if len(stream.tokens.text) + len(message["text"]) > args.max_chars:
                     raise StreamError(f"The response passed max_chars={args.max_chars} characters.", "limit")
                 try:
-                    check = stream.append(message["text"])
+                    checks = stream.append(message["text"])
                 except (StreamClosedError, ValueError) as err:
                     raise StreamError(str(err)) from None
-                verdict = await run(stream, check)
+                verdict = await run(stream, checks)
                 await websocket.send_json({"type": "verdict", **verdict})
         except WebSocketDisconnect:
             how = "disconnected"

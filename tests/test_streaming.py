@@ -380,3 +380,13 @@ def test_the_client_example_stops_a_streamed_generation(sentence_guard):
     written, stopped_by, generated = moderated_generation(PROMPT, stream.feed, max_new_tokens=64)
     assert stopped_by is not None and stopped_by["stopped_at"] == 4
     assert generated < 64 and written == stream.tokens.text
+
+
+def test_a_long_piece_is_checked_at_every_stride_it_completes(routed_guard):
+    text = " ".join(BENIGN * 3)
+    pieces = token_pieces(routed_guard.tokenizer, text)
+    whole, by_token = routed_guard.stream("Hi", stride=5, window=12, route="never"), routed_guard.stream("Hi", stride=5, window=12, route="never")
+    at_once = whole.feed(text)  # one piece: a check at each 5 tokens, as if fed token by token
+    verdicts = feed_all(by_token, pieces)
+    assert at_once["checks"] == verdicts[-1]["checks"] == len(pieces) // 5
+    assert whole.close() == by_token.close()
