@@ -46,7 +46,6 @@ import re
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional
 
 from .inputs import encode_pairs, normalize_input, repair_text, tokenizer_lock
 
@@ -163,7 +162,6 @@ class ResponseStream:
         pipe._sanitize_parameters(**options)  # refuses bad values now, not at the first check
         self.pipe = pipe
         self.call_options = {**options, "long_inputs": "truncate"}
-        self.threshold = options.get("threshold", pipe.model.config.threshold)
         self.item = {**item, "judged_turn": item["judged_turn"] + 1}
         budget = pipe.model.max_length
         self.window = _positive_int("window", window) if window is not None else max(budget - self._prompt_tokens(budget), budget // 2)
