@@ -389,8 +389,11 @@ class CorpusBuild:
         if self.state.is_main_process:
             stage.reset_if_changed()
 
+        store = label.teacher_store(args, self.models.device, args.score_store or str(self.work / "scores"))
+
         def work(index):
-            return label.label_shard(self.models.teacher(), cuts[index * args.label_shard_size : (index + 1) * args.label_shard_size])
+            shard = cuts[index * args.label_shard_size : (index + 1) * args.label_shard_size]
+            return label.label_shard(store, self.models.teacher, shard, args.teacher_batch_size)
 
         return cuts, _run_stage(stage, self.state, work, "prefixes")
 
