@@ -366,17 +366,7 @@ class CorpusBuild:
         settings = self._settings(LABEL_SETTINGS, upstream=responded.fingerprint, seed_rows=args.seed_rows,
                                   validation_rows=args.validation_rows, seed_source_weights=args.seed_source_weights,
                                   roles=self.roles.fingerprint)
-        stage = ShardedStage(self.work, "label", settings, -(-len(items) // args.label_shard_size), LABEL_SCHEMA)
-        if self.state.is_main_process:
-            stage.reset_if_changed()
-
-        store = label.teacher_store(args, self.models.device, args.score_store or str(self.work / "scores"))
-
-        def work(index):
-            shard = items[index * args.label_shard_size : (index + 1) * args.label_shard_size]
-            return label.label_shard(store, self.models.teacher, shard, args.teacher_batch_size)
-
-        return _run_stage(stage, self.state, work, "label")
+        return self._teacher_labels("label", items, settings)
 
     def prefixes(self, items, labeled):
         """The prefix items and their teacher labels (a stage of its own: relabeled when the labels'
@@ -384,18 +374,21 @@ class CorpusBuild:
         args = self.args
         cuts = prefixes.prefix_items(items, args.prefix_rows, args.prefix_min_words, args.prefix_max_words,
                                      derive_seed(args.seed, "prefixes"))
-        settings = self._settings(PREFIX_SETTINGS, upstream=labeled.fingerprint)
-        stage = ShardedStage(self.work, "prefixes", settings, -(-len(cuts) // args.label_shard_size), LABEL_SCHEMA)
+        return cuts, self._teacher_labels("prefixes", cuts, self._settings(PREFIX_SETTINGS, upstream=labeled.fingerprint))
+
+    def _teacher_labels(self, name, items, settings):
+        """Stage `name`: the teacher's score of each item, through the score store, redone when `settings` change."""
+        args = self.args
+        stage = ShardedStage(self.work, name, settings, -(-len(items) // args.label_shard_size), LABEL_SCHEMA)
         if self.state.is_main_process:
             stage.reset_if_changed()
-
         store = label.teacher_store(args, self.models.device, args.score_store or str(self.work / "scores"))
 
         def work(index):
-            shard = cuts[index * args.label_shard_size : (index + 1) * args.label_shard_size]
+            shard = items[index * args.label_shard_size : (index + 1) * args.label_shard_size]
             return label.label_shard(store, self.models.teacher, shard, args.teacher_batch_size)
 
-        return cuts, _run_stage(stage, self.state, work, "prefixes")
+        return _run_stage(stage, self.state, work, name)
 
     def write(self, items, kept, counts, labeled, generation_meta):
         """The corpus folder (main process), then the optional Hub upload."""
