@@ -118,6 +118,23 @@ def once_windows(pipe, prompt, response, window, overlap=0.25):
     return [{"prompt": prompt, "response": response[bounds[a] : bounds[a + window]]} for a in firsts]
 
 
+def full_stream_cost(pipe, rows, pieces, options):
+    """Student tokens of every check of each row's stream run to its end (as if no check ever stopped
+    it): the cost of streaming a response the guard lets through. Tokenization only: each check is
+    answered "safe" without running the model."""
+    safe = {"label": "safe", "score": 1.0, "unsafe_score": 0.0, "decided_by": "student"}
+    cost = []
+    for row, parts in zip(rows, pieces):
+        stream, total = pipe.stream(row["prompt"], **options), 0
+        for k in range(len(parts) + 1):
+            checks = stream.append(parts[k]) if k < len(parts) else stream.end()
+            total += sum(student_tokens(pipe, [c.item for c in checks])) if checks else 0
+            for check in checks:
+                stream.apply(check, safe)
+        cost.append(total)
+    return cost
+
+
 def whole_response(pipe, rows, route, batch_size, window_of):
     """The pipeline's verdicts on the finished responses (truncate: the default call; chunk: windows of
     all of it), and the student tokens of reading each once (`once_windows`)."""
@@ -132,7 +149,7 @@ def response_tokens(pipe, text):
     return len(pipe.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def summarize(rows, streamed, truncate, chunk, once_cost, pipe):
+def summarize(rows, streamed, truncate, chunk, once_cost, full_cost, pipe):
     n_tokens = sum(response_tokens(pipe, r["response"]) for r in rows)
     harmful = [s for r, s in zip(rows, streamed) if r["label"] == 1]
     safe = [s for r, s in zip(rows, streamed) if r["label"] == 0]
@@ -141,12 +158,14 @@ def summarize(rows, streamed, truncate, chunk, once_cost, pipe):
         "rows": len(rows), "harmful": len(harmful), "safe": len(safe),
         "agree_truncate": sum(s["label"] == t for s, t in zip(streamed, truncate)) / len(rows),
         "agree_chunk": sum(s["label"] == c for s, c in zip(streamed, chunk)) / len(rows),
+        "stream_unsafe_chunk_safe": sum(s["label"] == "unsafe" and c == "safe" for s, c in zip(streamed, chunk)) / len(rows),
         "harmful_stopped": len(stops) / len(harmful) if harmful else None,
         "harmful_final_unsafe": sum(s["label"] == "unsafe" for s in harmful) / len(harmful) if harmful else None,
         "median_tokens_to_stop": statistics.median(stops) if stops else None,
         "safe_stopped": sum(s["stopped_at"] is not None for s in safe) / len(safe) if safe else None,
         "whole_chunk_unsafe_on_safe": sum(c == "unsafe" for r, c in zip(rows, chunk) if r["label"] == 0) / len(safe) if safe else None,
         "stream_student_tokens_per_100": 100 * sum(s["student_tokens"] for s in streamed) / n_tokens,
+        "full_stream_student_tokens_per_100": 100 * sum(full_cost) / n_tokens,
         "once_student_tokens_per_100": 100 * sum(once_cost) / n_tokens,
         "checks_per_100": 100 * sum(s["checks"] for s in streamed) / n_tokens,
     }
@@ -247,7 +266,8 @@ def measure(model, args, benchmarks, gen_tokenizer):
         pieces = [pieces_of(gen_tokenizer, r["response"]) for r in rows]
         streamed = run_streams(pipe, rows, pieces, options, args.batch_size)
         truncate, chunk, once_cost = whole_response(pipe, rows, args.route, args.batch_size, window_of)
-        results["benchmarks"][name] = summarize(rows, streamed, truncate, chunk, once_cost, pipe)
+        full_cost = full_stream_cost(pipe, rows, pieces, options)
+        results["benchmarks"][name] = summarize(rows, streamed, truncate, chunk, once_cost, full_cost, pipe)
     rows, n_snippets = inserted_rows(pipe, benchmarks, args.inserted, args.seed, args.snippet_min_score)
     streamed = run_streams(pipe, rows, [pieces_of(gen_tokenizer, r["response"]) for r in rows], options, args.batch_size)
     _, chunk, _ = whole_response(pipe, rows, args.route, args.batch_size, window_of)
@@ -271,15 +291,16 @@ def print_tables(all_results):
     for res in all_results:
         print(f"\n### {res['model']} (options {res['options']}; defaults {res['defaults']}; {res['seconds']} s)\n")
         print("| benchmark | rows (harmful/safe) | agree, truncate | agree, chunk | harmful stopped | median tokens to stop | "
-              "safe falsely stopped | student tokens / 100, stream | once | ratio |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+              "safe falsely stopped (whole-response student flags) | student tokens / 100: stream run to the end | once | ratio | with stops |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         totals = []
         for name, m in res["benchmarks"].items():
-            ratio = m["stream_student_tokens_per_100"] / m["once_student_tokens_per_100"]
+            ratio = m["full_stream_student_tokens_per_100"] / m["once_student_tokens_per_100"]
             totals.append((m, ratio))
             print(f"| {BENCHMARKS[name].short} | {m['rows']} ({m['harmful']}/{m['safe']}) | {fmt(m['agree_truncate'])} | {fmt(m['agree_chunk'])} | "
-                  f"{fmt(m['harmful_stopped'])} | {fmt(m['median_tokens_to_stop'], 0)} | {fmt(m['safe_stopped'])} | "
-                  f"{m['stream_student_tokens_per_100']:.0f} | {m['once_student_tokens_per_100']:.0f} | {ratio:.2f}x |")
+                  f"{fmt(m['harmful_stopped'])} | {fmt(m['median_tokens_to_stop'], 0)} | {fmt(m['safe_stopped'])} ({fmt(m['whole_chunk_unsafe_on_safe'])}) | "
+                  f"{m['full_stream_student_tokens_per_100']:.0f} | {m['once_student_tokens_per_100']:.0f} | {ratio:.2f}x | "
+                  f"{m['stream_student_tokens_per_100']:.0f} |")
         rows = sum(m["rows"] for m, _ in totals)
         agree_t = sum(m["agree_truncate"] * m["rows"] for m, _ in totals) / rows
         agree_c = sum(m["agree_chunk"] * m["rows"] for m, _ in totals) / rows
