@@ -8,6 +8,7 @@ from .configuration_saferoute import SafeRouteConfig
 from .guards import GUARD_KINDS, load_guard
 from .modeling_saferoute import SafeRouteForSequenceClassification, SafeRouteOutput
 from .pipeline_saferoute import SafeRoutePipeline
+from .streaming import ResponseStream, StreamClosedError
 
 REMOTE_CODE_FILES = (
     "configuration_saferoute.py",
@@ -19,6 +20,7 @@ REMOTE_CODE_FILES = (
     "bundled.py",
     "precision.py",
     "quantization.py",
+    "streaming.py",
 )
 PIPELINE_IMPL = {
     "impl": "pipeline_saferoute.SafeRoutePipeline",
@@ -33,6 +35,8 @@ __all__ = [
     "SafeRouteConfig",
     "SafeRouteForSequenceClassification",
     "SafeRouteOutput",
+    "ResponseStream",
     "SafeRoutePipeline",
+    "StreamClosedError",
     "load_guard",
 ]

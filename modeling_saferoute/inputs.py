@@ -14,6 +14,10 @@ A guard input is normalized to `{"prompt": str, "response": str | None, "context
   context turns that fit its token budget, most recent first, before the prompt
   (`encode_pairs`). `judged_turn` is the index of the judged message (in the messages given).
 
+A normalized item may also carry `student_view`: another normalized item that the student reads in
+its place (a stream's latest window of the response, `streaming.py`) while the large guard reads
+the item itself (the prompt and the whole response so far).
+
 Text that cannot be encoded (lone UTF-16 surrogates, which valid JSON can carry) is repaired by
 replacing each with U+FFFD, and the item is marked `repaired`. Anything else that is not a valid
 input raises `ValueError` naming the problem (and the message index within a conversation).
@@ -41,7 +45,7 @@ def is_conversation(value) -> bool:
     return isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(m, dict) and "role" in m for m in value)
 
 
-def _repair(text):
+def repair_text(text):
     """(text with lone surrogates replaced by U+FFFD, whether anything was replaced)."""
     if SURROGATE.search(text):
         return SURROGATE.sub("\ufffd", text), True
@@ -53,7 +57,7 @@ def _text(value, what):
         raise ValueError(f"Guard input {what} is bytes; decode it to str first.")
     if not isinstance(value, str):
         raise ValueError(f"Guard input {what} must be a str, got {type(value).__name__}.")
-    return _repair(value)
+    return repair_text(value)
 
 
 def _conversation(messages):

@@ -5,7 +5,8 @@
 `{"prompt", "response"}`, a conversation (a list of `{"role", "content"}` messages, or
 `{"messages": [...]}`), or a list of these (see `inputs.normalize_input`). Each result has the
 stock `label` / `score` plus `unsafe_score`, `student_unsafe_score`, `router_score`, `routed`,
-`decided_by`, `truncated`, `judged_turn`, `windows` and `repaired`.
+`decided_by`, `truncated`, `judged_turn`, `windows` and `repaired`. `pipe.stream(prompt)` judges a
+response while it is written (`streaming.py`).
 
 One pipeline object may be called from many threads at once: a call keeps its state in its own
 locals, the model's forward passes the router feature per thread, tokenizer calls hold the
@@ -163,6 +164,14 @@ class SafeRoutePipeline(Pipeline):
         results = _Call(self, normalize_batch(raw), batch_size, pre, forward, post).run()
         return results[0] if single else results
 
+    def stream(self, inputs, **options):
+        """A `streaming.ResponseStream` that judges a response to `inputs` (the prompt, or a conversation
+        ending with a user turn) while it is written: `feed(piece)` -> the current verdict with `stop`,
+        `close()` -> the final verdict. Options: `stride`, `window`, `patience` and the call options."""
+        from .streaming import ResponseStream
+
+        return ResponseStream(self, inputs, **options)
+
 
 def _positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -187,7 +196,8 @@ class _Call:
         chunk = pre.get("long_inputs", "truncate") == "chunk"
         tokenizer = pipe.tokenizer
         start = time.perf_counter()
-        self.units = [(i, w) for i, item in enumerate(items) for w in (windows(tokenizer, item, pipe.model.max_length) if chunk else [item])]
+        views = [item.get("student_view", item) for item in items]  # a stream's window (streaming.py); else the item
+        self.units = [(i, w) for i, view in enumerate(views) for w in (windows(tokenizer, view, pipe.model.max_length) if chunk else [view])]
         self.clock["tokenize"] += time.perf_counter() - start
         self.left = [0] * len(items)
         for i, _ in self.units:

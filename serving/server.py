@@ -13,6 +13,7 @@ module, over the thread-safe pipeline.
 | --- | --- |
 | POST /v1/moderations | the OpenAI moderation API shape: `input` a string or a list of strings; `results[i].flagged`, `categories`, `category_scores` (key `unsafe`), plus `router_score`, `routed`, `decided_by` |
 | POST /v1/classify | `inputs`: one or a list of the pipeline's input forms (strings, pairs, conversations); `options`: threshold, router_threshold, route, long_inputs, on_large_guard_error; the pipeline's results |
+| WS /v1/moderations/stream | a response judged while it is written: chunks in, a verdict per chunk out, `stop` when to cut it (`serving/streaming.py`) |
 | GET /health | 200 with the model name once it is loaded |
 | GET /metrics | request and item counts, errors, latency percentiles, the share routed, batch sizes |
 
@@ -40,6 +41,7 @@ from pydantic import BaseModel, Field
 from saferoute.config import parse_args
 
 from .batcher import DynamicBatcher
+from .streaming import add_stream_route
 
 logger = logging.getLogger(__name__)
 OPTIONS = ("threshold", "router_threshold", "route", "long_inputs", "on_large_guard_error")
@@ -58,6 +60,8 @@ class ServeArguments:
     max_body_bytes: int = field(default=4_000_000, metadata={"help": "Largest request body (413 above)."})
     on_large_guard_error: str = field(default="raise", metadata={"help": "Default policy when the large guard fails: raise (HTTP 503), student or unsafe."})
     autocast_dtype: str = field(default="auto", metadata={"help": "The student's autocast: auto (bf16 where native), none, bfloat16."})
+    stream_idle_seconds: float = field(default=30.0, metadata={"help": "A stream with no message for this long is closed with its verdict so far."})
+    max_streams: int = field(default=256, metadata={"help": "Most streams open at once (a new one is refused with close code 1013 above)."})
     device: Optional[str] = field(default=None, metadata={"help": "Device of the student (default: cuda when available, else cpu)."})
 
 
@@ -206,13 +210,15 @@ def build_app(pipe, args: ServeArguments, model_name=None):
             return {"model": name, "results": results}, results
         return await answer("/v1/classify", handler)
 
+    add_stream_route(app, pipe, batcher, args, text_size)
+
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": name, "large_guard_loaded": pipe._large_guard is not None}
 
     @app.get("/metrics")
     async def get_metrics():
-        return metrics.snapshot()
+        return {**metrics.snapshot(), "streams": app.state.streams.snapshot()}
 
     return app
 

@@ -18,7 +18,7 @@ def label_distribution(rows):
     groups = defaultdict(list)
     for row in rows:
         groups[(row["origin"], row["kind"])].append(row)
-    order = {"seed": 0, "prompt_only": 1, "compliant": 2, "refusal": 3}
+    order = {"seed": 0, "prompt_only": 1, "compliant": 2, "refusal": 3, "prefix": 4}
     table = []
     for (origin, kind), members in sorted(groups.items(), key=lambda g: (order.get(g[0][1], 9), g[0])):
         scores = [r["unsafe_score"] for r in members]
