@@ -123,7 +123,10 @@ class SafeRoutePipeline(Pipeline):
                     raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
                 target[name] = value
         if autocast_dtype is not None:
-            normalize_inference_precision(autocast_dtype)  # refuses what is not a precision
+            try:
+                normalize_inference_precision(autocast_dtype)
+            except ValueError:
+                raise ValueError(f"autocast_dtype must be 'auto', 'int8', 'bf16', 'fp16' or 'float32', got {autocast_dtype!r}.") from None
             forward["autocast_dtype"] = autocast_dtype
         if large_guard_batch_size is not None:
             post["large_guard_batch_size"] = _positive_int("large_guard_batch_size", large_guard_batch_size)

@@ -88,7 +88,7 @@ def test_bad_inputs_as_a_server_meets_them(guard):
     for options, message in (({"threshold": 2.0}, "threshold must be a number in"), ({"router_threshold": -0.1}, "router_threshold"),
                              ({"threshold": "high"}, "threshold"), ({"batch_size": 0}, "batch_size must be an integer >= 1"),
                              ({"route": "sometimes"}, "route must be one of"), ({"long_inputs": "split"}, "long_inputs"),
-                             ({"on_large_guard_error": "ignore"}, "on_large_guard_error"), ({"autocast_dtype": "int8"}, "autocast_dtype")):
+                             ({"on_large_guard_error": "ignore"}, "on_large_guard_error"), ({"autocast_dtype": "int4"}, "autocast_dtype")):
         with pytest.raises(ValueError, match=message):
             guard("hi", **options)
 
