@@ -77,7 +77,7 @@ def test_the_default_pipeline_runs_what_auto_picks(monkeypatch, tiny_folder):
     pinned = pipeline("text-classification", model=guard.model, tokenizer=guard.tokenizer, pipeline_class=SafeRoutePipeline,
                       autocast_dtype="float32")
     assert pinned.student_precision == "float32" and pinned(inputs, route="never") == explicit["none"]  # auto overridden
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(ValueError, match="autocast_dtype must be"):
         guard(inputs, autocast_dtype="int4")
 
 
