@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import warnings
+import zlib
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -134,8 +135,15 @@ def budget_threshold(router_scores, budget):
     return float(scores[k])
 
 
+def random_seed(name, k):
+    """The seed of the k-th random mask of the set `name` (a benchmark): derived from the name
+    (its CRC32) and k, so sets of equal size get different masks and the spread over seeds is real."""
+    return [zlib.crc32(str(name).encode()), int(k)]
+
+
 def random_mask(n, seed, n_routed=None, p=None):
-    """A seeded boolean routing mask over `n` inputs: exactly `n_routed` of them, or each with probability `p`."""
+    """A seeded boolean routing mask over `n` inputs: exactly `n_routed` of them, or each with
+    probability `p`. `seed`: anything `numpy.random.default_rng` takes (`random_seed(name, k)`)."""
     rng = np.random.default_rng(seed)
     if p is not None:
         return rng.random(n) < p
