@@ -100,6 +100,8 @@ def assign_roles(pool, args):
     each stratified on (source, level, label) of the group's first row; every id of a group gets
     the group's role."""
     groups, first = content_groups(pool)
+    if len(groups) < 4:
+        raise ValueError(f"The pool holds {len(groups)} distinct texts (roles go by normalized text): too few for four roles.")
     strata = strata_of(pool.select(first), STRATA)
     remaining = list(range(len(groups)))
     roles = {}
