@@ -24,6 +24,7 @@ Random masks are seeded per set: seed k of benchmark B is `metrics.random_seed(B
 | oracle | the student is wrong and the large guard right (true labels) | SafeRoute |
 """
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -178,13 +179,9 @@ def final_scores(name, inputs):
 def usage_sweeps(inputs, usages=np.linspace(0.0, 1.0, 21)):
     """F1 against large-guard usage: each method with a sweep as its threshold moves, and random
     routing (same-usage rule) at evenly spaced usages (mean over seeds)."""
-    import warnings
-
-    from sklearn.metrics import f1_score
-
     def point(method, mask):
         final = method.final(inputs, mask) if method.final else M.routed_scores(inputs.student, inputs.large, mask)
-        return float(mask.mean()), float(f1_score(inputs.labels, (final > inputs.threshold).astype(int), zero_division=0))
+        return float(mask.mean()), M.f1(inputs.labels, final, inputs.threshold)
 
     curves = {}
     with warnings.catch_warnings():
@@ -208,13 +205,10 @@ def best_f1_threshold(router_scores, student, large, labels, threshold=0.5):
     """The router threshold of the best F1 of the routed system on these scores (ties: the higher
     threshold, i.e. less routing), over 201 quantiles of the scores and 0.5."""
     scores = np.asarray(router_scores, dtype=float)
-    inputs = RoutingInputs(labels, student, large, scores, threshold=threshold)
     candidates = np.unique(np.concatenate([np.quantile(scores, np.linspace(0, 1, 201)), [0.5, 1.0]]))
 
     def system_f1(c):
-        inputs.router_threshold = float(c)
-        with M.collect_warnings([], "threshold"):
-            return _metrics(METHODS["saferoute"], inputs, routed_mask("saferoute", inputs))["f1"]
+        return M.f1(labels, M.routed_scores(student, large, scores > c), threshold)
 
     return float(max(candidates, key=lambda c: (system_f1(c), c)))
 

@@ -49,6 +49,11 @@ def collect_warnings(sink, where):
             logger.warning(message)
 
 
+def f1(labels, scores, threshold=0.5):
+    """F1 of `scores > threshold` (0 without a warning where undefined: for searches over thresholds)."""
+    return float(f1_score(np.asarray(labels, dtype=int), (np.asarray(scores, dtype=float) > threshold).astype(int), zero_division=0))
+
+
 def classification_metrics(labels, scores, threshold=0.5):
     """F1, precision, recall, accuracy of `scores > threshold`, and AUPRC (average precision) of `scores`."""
     labels = np.asarray(labels, dtype=int)
