@@ -10,18 +10,18 @@ To add a baseline, add one `RoutingMethod` here.
 | student | never | both papers |
 | large | always | both papers |
 | saferoute | router score > router threshold (the packaged model's, or evaluate's --router-threshold) | SafeRoute |
-| saferoute_fixed | router score > the fixed threshold (0.5, SafeRoute's code) | SafeRoute |
+| saferoute_fixed | router score > the fixed threshold (0.5 by default, SafeRoute's code) | SafeRoute |
 | saferoute_best_f1 | router score > the threshold of the best routed F1 on the threshold split | this project |
 | saferoute_budget | router score > the threshold keeping the threshold split's usage within the budget | this project |
 | random_same_usage | a seeded random subset as large as SafeRoute's (mean, std over seeds) | this project: the fair random row |
 | random_p50 | each input with probability 0.5, seeded (mean, std over seeds) | SafeRoute's official random baseline |
+| entropy | binary entropy of the student's P(unsafe), in bits, > entropy threshold (0.5) | SafeRoute |
+| temperature | the same on the temperature-scaled P(unsafe); items not routed keep the scaled P | SafeRoute (official code) |
+| oracle | the student is wrong and the large guard right (true labels) | SafeRoute |
 
 The three threshold rows read `RoutingInputs.router_thresholds` (chosen by train-router on rows
 that chose nothing else, `router_thresholds`); a row whose threshold is absent is not computed.
 Random masks are seeded per set: seed k of benchmark B is `metrics.random_seed(B, k)`.
-| entropy | binary entropy of the student's P(unsafe), in bits, > entropy threshold (0.5) | SafeRoute |
-| temperature | the same on the temperature-scaled P(unsafe); items not routed keep the scaled P | SafeRoute (official code) |
-| oracle | the student is wrong and the large guard right (true labels) | SafeRoute |
 """
 
 import warnings
@@ -60,9 +60,10 @@ class RoutingInputs:
 class RoutingMethod:
     """One routing method.
 
-    route(inputs, seed) -> boolean mask (seed is None unless `seeded`: then `metrics.random_seed(inputs.name, k)`); final(inputs, mask) -> the
-    system's P(unsafe) (default: large where routed, student elsewhere); sweep(inputs) -> (values,
-    thresholds) whose `values > threshold` masks trace the F1-vs-usage curve.
+    route(inputs, seed) -> boolean mask (seed is None unless `seeded`; then it is
+    `metrics.random_seed(inputs.name, k)`); final(inputs, mask) -> the system's P(unsafe) (default:
+    large where routed, student elsewhere); sweep(inputs) -> (values, thresholds) whose
+    `values > threshold` masks trace the F1-vs-usage curve.
     """
 
     name: str
@@ -79,7 +80,7 @@ class RoutingMethod:
 
 
 ROUTER_THRESHOLDS = {
-    "fixed": "the fixed threshold (0.5, SafeRoute's code)",
+    "fixed": "the fixed threshold (train-router's --router_threshold: 0.5, SafeRoute's code, by default)",
     "best_f1": "the best routed F1 on the threshold split",
     "budget": "the largest usage within the large-guard budget on the threshold split",
 }
@@ -108,7 +109,7 @@ METHODS = {
         *(RoutingMethod(f"saferoute_{key}", f"SafeRoute, {title} threshold", color, _threshold_route(key),
                         f"router score > {rule}", needs_router=True, threshold_key=key)
           for key, title, color, rule in (
-              ("fixed", "fixed 0.5", "yellowgreen", ROUTER_THRESHOLDS["fixed"]),
+              ("fixed", "fixed", "yellowgreen", ROUTER_THRESHOLDS["fixed"]),
               ("best_f1", "best-F1", "darkgreen", ROUTER_THRESHOLDS["best_f1"]),
               ("budget", "budget", "mediumseagreen", ROUTER_THRESHOLDS["budget"]))),
         RoutingMethod("random_same_usage", "random, same usage as SafeRoute", "tab:gray",
