@@ -15,7 +15,7 @@ from dataset_builders.roles import RoleTable
 from tiny_corpus import build_tiny_corpus, tiny_paths
 from saferoute.config import parse_args
 from training.distill import main as distill_main
-from publishing.package import load_student
+from publishing.package import PackageArguments, load_student, package
 from training.paraphrase import PARAPHRASE_PREFIX, paraphrase, paraphrase_pairs, parse_pair, parse_paraphrase
 from evaluation.methods import RoutingInputs, best_f1_threshold, evaluate_methods, router_thresholds
 from evaluation.metrics import binary_entropy, budget_threshold, router_label
@@ -217,6 +217,8 @@ def test_router_features_with_logits_and_entropy_come_from_the_one_forward(corpu
     old, _, _ = load_student(str(plain))
     assert old.config.router_features == "hidden" and old.router.layers[0].in_features == hidden
     assert guard.model.config.router_features == "hidden_logits_entropy"
+    with pytest.raises(ValueError, match="--router_features"):  # router weights that read other features are refused by name
+        package(PackageArguments(student=str(out), router=str(plain), output_dir=str(tmp_path / "mismatch"), model_card=False))
     with pytest.raises(ValueError, match="router_features"):
         router_args("--router_features", "logits")
 
