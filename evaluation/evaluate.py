@@ -72,7 +72,7 @@ class EvaluateArguments:
     roles: str = field(default="{output_root}/roles", metadata={"help": "The role split whose validation rows --validation roles reads."})
     seed_pool: str = field(default="offline", metadata={"help": "The pool the role split was made from."})
     max_validation: Optional[int] = field(default=None, metadata={"help": "At most this many validation rows (stratified per source)."})
-    large_budget: Optional[float] = field(default=None, metadata={"help": "Report the router threshold keeping large-model usage <= this share on the validation split, and its F1."})
+    large_budget: Optional[float] = field(default=None, metadata={"help": "Choose the budget row's router threshold here, on the validation rows (usage <= this share), instead of reading the one train-router chose on its threshold split (the model's config)."})
     batch_size: int = field(default=32, metadata={"help": "Batch size of the student and of the guards (unless the model's config sets one)."})
     device: Optional[str] = field(default=None, metadata={"help": "Device (default: cuda when available, else cpu)."})
     precision: str = field(default="auto", metadata={"help": "Precision of the student, the large guard and --guard: 'auto' (bf16 where the device multiplies it natively; float32 elsewhere), 'bf16' or 'float32'."})
@@ -240,10 +240,12 @@ def _evaluate_guard(args, datasets, run):
 
 def _evaluate_saferoute(args, datasets, run, settings):
     """SafeRoute mode: the student + router and the large guard on every benchmark, every method of
-    the registry. Returns (models, metrics, scored, validation)."""
+    the registry, the three SafeRoute threshold rows among them. Returns (models, metrics, scored)."""
     output = Path(args.output_dir)
     config = AutoConfig.from_pretrained(resolve(args.model), trust_remote_code=True)
     router_threshold = config.router_threshold if args.router_threshold is None else args.router_threshold
+    thresholds = {"fixed": 0.5, **(getattr(config, "router_thresholds", None) or {})}
+    choice = getattr(config, "router_threshold_choice", None) if args.router_threshold is None else "--router_threshold"
     large_name, large_kind, large_kwargs, large_batch = _large_guard_reference(args, config)
     s_key, s_info = model_key("saferoute", args.model, "saferoute", max_length=getattr(config, "max_input_length", None),
                               precision=resolve_inference_precision(args.precision, _device(args), warn=False))  # the student may run in int8
@@ -259,7 +261,11 @@ def _evaluate_saferoute(args, datasets, run, settings):
         with M.collect_warnings(run.warnings, "validation/temperature"):
             temperature = M.fit_temperature(val["label"], v["student_unsafe_score"])
         validation = {"labels": np.asarray(val["label"]), "router": v["router_score"].to_numpy()}
-    settings.update(router_threshold=router_threshold, entropy_threshold=args.entropy_threshold,
+    if args.large_budget is not None:
+        thresholds["budget"] = M.budget_threshold(validation["router"], args.large_budget)
+    settings.update(router_threshold=router_threshold, router_threshold_choice=choice, router_thresholds=thresholds,
+                    router_thresholds_from="model" if args.large_budget is None else f"model; budget {args.large_budget} on the validation rows",
+                    entropy_threshold=args.entropy_threshold,
                     entropy_unit=M.ENTROPY_UNIT, temperature=temperature, random_seeds=args.random_seeds,
                     validation=args.validation if validation is not None else None,
                     validation_examples=len(validation["labels"]) if validation is not None else 0)
@@ -268,7 +274,7 @@ def _evaluate_saferoute(args, datasets, run, settings):
         lg = cached_scores(l_cache, l_scorer, guard_items(ds), name)
         inputs = RoutingInputs(np.asarray(ds["label"]), s["student_unsafe_score"].to_numpy(), lg["unsafe_score"].to_numpy(),
                                s["router_score"].to_numpy(), router_threshold, args.threshold, args.entropy_threshold,
-                               temperature, args.random_seeds)
+                               temperature, args.random_seeds, thresholds, name=name)
         results = evaluate_methods(inputs, sink=run.warnings, where=f"{name}/")
         run.per_method[name] = results
         routed = routed_mask("saferoute", inputs)
@@ -291,7 +297,7 @@ def _evaluate_saferoute(args, datasets, run, settings):
     if len(datasets) > 1:
         _average_curves(run.curves, list(datasets))
     models = {"saferoute": s_info, "large_guard": l_cache.info}
-    return models, list(M.METRICS), {"student": s_cache.scored, "large_guard": l_cache.scored}, validation
+    return models, list(M.METRICS), {"student": s_cache.scored, "large_guard": l_cache.scored}
 
 
 def _average_curves(curves, names):
@@ -319,11 +325,11 @@ def run_evaluation(args: EvaluateArguments):
     datasets = load_benchmarks(names, args.benchmark_source, args.max_per_benchmark, args.seed)
     settings = {"benchmarks": names, "benchmark_source": args.benchmark_source, "max_per_benchmark": args.max_per_benchmark,
                 "seed": args.seed, "threshold": args.threshold, "precision": precision_record(args.precision, _device(args))}
-    run, validation = _Run(), None
+    run = _Run()
     if args.guard:
         models, metrics, scored = _evaluate_guard(args, datasets, run)
     else:
-        models, metrics, scored, validation = _evaluate_saferoute(args, datasets, run, settings)
+        models, metrics, scored = _evaluate_saferoute(args, datasets, run, settings)
     methods = list(next(iter(run.per_method.values())))
     report = {
         "mode": "guard" if args.guard else "saferoute",
@@ -340,29 +346,12 @@ def run_evaluation(args: EvaluateArguments):
         "scored_this_run": scored,
         "warnings": run.warnings,
     }
-    if args.large_budget is not None:
-        with M.collect_warnings(run.warnings, "budget"):
-            report["budget"] = _budget(args.large_budget, validation, run.frames, args.threshold)
     _write_outputs(output, report, pd.concat(run.frames.values(), ignore_index=True), run.curves, args.plots)
     if args.model and args.model_card and (Path(args.model) / "config.json").is_file():
         from model_cards import render_model_card
 
         render_model_card(args.model, report=report).save(Path(args.model) / "README.md")
     return report
-
-
-def _budget(budget, validation, frames, threshold):
-    """The router threshold keeping usage <= `budget` on the validation split, and its F1 per benchmark."""
-    router_threshold = M.budget_threshold(validation["router"], budget)
-    out = {"budget": budget, "router_threshold": router_threshold,
-           "validation_usage": float((validation["router"] > router_threshold).mean()),
-           "validation_examples": int(len(validation["router"])), "benchmarks": {}}
-    for name, f in frames.items():
-        routed = f["router_score"].to_numpy() > router_threshold
-        m = M.routing_metrics(f["label"], f["student_unsafe_score"], f["large_unsafe_score"], routed, threshold)
-        out["benchmarks"][name] = {"f1": m["f1"], "large_usage": m["large_usage"]}
-    out["average"] = {k: float(np.mean([b[k] for b in out["benchmarks"].values()])) for k in ("f1", "large_usage")}
-    return out
 
 
 def evaluate_saferoute(model, **settings):

@@ -3,13 +3,16 @@
 The student is a stock `AutoModelForSequenceClassification` (so any checkpoint fine-tuned with
 the usual tools loads as is). The router reads the exact feature the student's classification
 layer reads (captured with a forward pre-hook on that layer), so one forward gives P(unsafe),
-the router score and the feature.
+the router score and the feature; with `config.router_features = "hidden_logits_entropy"` the
+student's two logits and the binary entropy (bits) of its P(unsafe) are appended to that feature
+(`router_inputs`), still in the same forward.
 
 Thread safety: the hook hands the feature to the forward call that ran it through a per-thread
 buffer (`threading.local`), never through the model instance, so one model serves concurrent
 forwards from many threads (a web server's pool, the Gradio queue).
 """
 
+import math
 import threading
 from dataclasses import dataclass
 from typing import Optional
@@ -19,7 +22,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .configuration_saferoute import SafeRouteConfig
+from .configuration_saferoute import ROUTER_FEATURES, SafeRouteConfig
 
 
 @dataclass
@@ -27,8 +30,9 @@ class SafeRouteOutput(ModelOutput):
     """Outputs of [`SafeRouteForSequenceClassification`].
 
     logits: (batch, 2) student logits, label 1 = unsafe. router_logits: (batch,) router logit;
-    sigmoid > router_threshold means "send to the large guard". features: (batch, d) the pooled
-    feature both heads read.
+    sigmoid > router_threshold means "send to the large guard". features: (batch, d') what the
+    router reads (`router_inputs`): the pooled feature of the student's classification layer,
+    with its logits and entropy appended when `config.router_features` says so.
     """
 
     loss: Optional[torch.FloatTensor] = None
@@ -76,6 +80,19 @@ class SafeRouteRouter(nn.Module):
         return self.layers(features).squeeze(-1)
 
 
+def router_inputs(features, logits, kind="hidden"):
+    """The router's input: the pooled `features` ("hidden", SafeRoute's), or them with the student's
+    two `logits` and the binary entropy in bits of its softmax appended ("hidden_logits_entropy")."""
+    if kind == "hidden":
+        return features
+    if kind not in ROUTER_FEATURES:
+        raise ValueError(f"router_features must be one of {list(ROUTER_FEATURES)}, got {kind!r}.")
+    logits = logits.float()
+    log_p = torch.log_softmax(logits, dim=-1)
+    entropy = -(log_p.exp() * log_p).sum(-1, keepdim=True) / math.log(2.0)
+    return torch.cat([features.float(), logits, entropy], dim=-1)
+
+
 def find_classification_layer(model, num_labels):
     """(name, layer) of the last `nn.Linear` with `num_labels` outputs: its input is the pooled feature."""
     found = None
@@ -113,7 +130,7 @@ class SafeRouteForSequenceClassification(SafeRoutePreTrainedModel):
         encoder_config.label2id = dict(config.label2id)
         self.student = AutoModelForSequenceClassification.from_config(encoder_config)
         self._head_name, head = find_classification_layer(self.student, 2)
-        self.router = SafeRouteRouter(head.in_features, config.router_hidden_size)
+        self.router = SafeRouteRouter(head.in_features + ROUTER_FEATURES[config.router_features], config.router_hidden_size)
         # A plain dict, so the hooked layer is not registered twice as a submodule.
         self._hook = {"module": None, "handle": None}
         self.post_init()
@@ -135,6 +152,17 @@ class SafeRouteForSequenceClassification(SafeRoutePreTrainedModel):
                     self._hook["handle"].remove()
                 self._hook = {"module": head, "handle": head.register_forward_pre_hook(self._capture_features)}
 
+    def set_router_features(self, kind):
+        """Make the router read `kind` (a key of `ROUTER_FEATURES`): a new, freshly initialised router
+        when its input size changes; the config records it."""
+        if kind not in ROUTER_FEATURES:
+            raise ValueError(f"router_features must be one of {list(ROUTER_FEATURES)}, got {kind!r}.")
+        size = self.student.get_submodule(self._head_name).in_features + ROUTER_FEATURES[kind]
+        if self.router.layers[0].in_features != size:
+            self.router = SafeRouteRouter(size, self.config.router_hidden_size).to(self.router.layers[0].weight.device)
+            self._init_weights(self.router)
+        self.config.router_features = kind
+
     @property
     def max_length(self):
         """Token budget of the pair encoding: the configured one, capped by absolute position embeddings
@@ -154,7 +182,7 @@ class SafeRouteForSequenceClassification(SafeRoutePreTrainedModel):
             _CAPTURED.features = outer
         if not captured:
             raise RuntimeError(f"The student's classification layer {self._head_name!r} did not run: no feature for the router.")
-        features = captured[-1]
+        features = router_inputs(captured[-1], student_out.logits, self.config.router_features)
         router_logits = self.router(features.to(self.router.layers[0].weight.dtype))
         loss = None
         if labels is not None:

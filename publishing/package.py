@@ -10,13 +10,14 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 import modeling_saferoute
 from modeling_saferoute import PIPELINE_IMPL, REMOTE_CODE_FILES, SafeRouteConfig, SafeRouteForSequenceClassification
+from modeling_saferoute.configuration_saferoute import ROUTER_FEATURES
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.guards import BACKENDS, GUARD_KINDS
 
@@ -38,7 +39,10 @@ class PackageArguments:
     large_guard_backend: Optional[str] = field(default=None, metadata={"help": "Where a causal-LM large guard runs: 'transformers' (in process), 'vllm' (in-process vLLM) or 'openai_compatible' (a served model, e.g. `vllm serve`). Without --large_guard it changes the student folder's own reference."})
     large_guard_backend_options: Optional[str] = field(default=None, metadata={"help": 'The backend\'s options as JSON, e.g. \'{"base_url": "http://gpu-host:8001/v1", "api_key_env": "GUARD_API_KEY"}\'.'})
     router: Optional[str] = field(default=None, metadata={"help": "Router weights: a safetensors file or a SafeRoute folder (its router.* tensors)."})
+    router_features: Optional[str] = field(default=None, metadata={"help": f"What the router reads: {list(ROUTER_FEATURES)} (default: the student folder's, else 'hidden', SafeRoute's); must match --router's weights."})
     router_threshold: Optional[float] = field(default=None, metadata={"help": "Route when the router score is above this (default 0.5, or the router's own)."})
+    router_thresholds: Optional[Union[dict, str]] = field(default=None, metadata={"help": "The routing thresholds chosen by train-router, by name (a mapping or JSON), recorded in the config; with --router_threshold_choice the named one is used."})
+    router_threshold_choice: Optional[str] = field(default=None, metadata={"help": "Which of --router_thresholds routes (it sets router_threshold)."})
     threshold: float = field(default=0.5, metadata={"help": "P(unsafe) above this is 'unsafe'."})
     max_length: Optional[int] = field(default=None, metadata={"help": "Token budget of the student's pair encoding (default: the encoder's maximum)."})
     model_card: bool = field(default=True, metadata={"help": "Write README.md (the model card)."})
@@ -91,8 +95,15 @@ def package(args: PackageArguments):
             args.student,
         )
     router_trained = model.config.to_dict().get("router_trained", False)
+    if args.router_features and args.router_features != model.config.router_features:
+        model.set_router_features(args.router_features)  # a new router: its input size changed
+        router_trained = False
     if args.router:
-        model.router.load_state_dict(load_router_weights(args.router))
+        try:
+            model.router.load_state_dict(load_router_weights(args.router))
+        except RuntimeError as err:
+            raise ValueError(f"The router weights of {args.router} do not fit a router reading {model.config.router_features!r} "
+                             f"features: pass the --router_features they were trained on ({list(ROUTER_FEATURES)}). {err}") from err
         router_trained = True
     if not router_trained:
         logger.warning("The router is UNTRAINED (no --router given): its routing decisions are arbitrary.")
@@ -119,6 +130,14 @@ def package(args: PackageArguments):
                               "backend_options": options}
     if args.router_threshold is not None:
         config.router_threshold = float(args.router_threshold)
+    if args.router_thresholds or args.router_threshold_choice:
+        thresholds = json.loads(args.router_thresholds) if isinstance(args.router_thresholds, str) else dict(args.router_thresholds or {})
+        if args.router_threshold_choice not in (None, *thresholds):
+            raise ValueError(f"--router_threshold_choice {args.router_threshold_choice!r} is not one of --router_thresholds {sorted(thresholds)}.")
+        config.router_thresholds = {str(k): float(v) for k, v in thresholds.items()}
+        config.router_threshold_choice = args.router_threshold_choice
+        if args.router_threshold_choice:
+            config.router_threshold = config.router_thresholds[args.router_threshold_choice]
     config.threshold = float(args.threshold)
     if args.max_length:
         config.max_input_length = args.max_length

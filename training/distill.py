@@ -51,6 +51,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from dataset_builders.roles import STUDENT_ROLES, RoleTable, rows_per_source
 from dataset_builders.seed_pool import OFFLINE_POOLS, load_seed_pool
 from dataset_builders.splits import stratified_split
+from evaluation.metrics import classification_metrics, collect_warnings
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.configuration_saferoute import LABELS
 from modeling_saferoute.inputs import encode_pairs
@@ -219,16 +220,12 @@ class DistillTrainer(BalancedSamplingMixin, Trainer):
 
 
 def compute_metrics(eval_pred):
-    """F1 / precision / recall / accuracy at 0.5 and AUPRC of P(unsafe) against the training target."""
-    from sklearn.metrics import accuracy_score, average_precision_score, precision_recall_fscore_support
-
+    """F1 / precision / recall / accuracy at 0.5 and AUPRC of P(unsafe) against the training target
+    (`evaluation.metrics.classification_metrics`)."""
     logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-    labels = eval_pred.label_ids
     probs = torch.softmax(torch.as_tensor(logits).float(), dim=-1)[:, 1].numpy()
-    preds = (probs > 0.5).astype(int)
-    p, r, f1, _ = precision_recall_fscore_support(labels, preds, average="binary", zero_division=0)
-    auprc = average_precision_score(labels, probs) if labels.any() else float("nan")
-    return {"f1": f1, "precision": p, "recall": r, "accuracy": accuracy_score(labels, preds), "auprc": auprc}
+    with collect_warnings([], "distill validation"):
+        return classification_metrics(eval_pred.label_ids, probs)
 
 
 def tokenize(rows, tokenizer, max_length):

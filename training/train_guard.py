@@ -48,6 +48,7 @@ from dataset_builders.roles import RoleTable, mixed_sample, parse_weights, rows_
 from dataset_builders.schema import guard_items
 from dataset_builders.score_store import guard_scores, guard_store
 from dataset_builders.seed_pool import load_seed_pool
+from evaluation.metrics import classification_metrics, collect_warnings
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.guards import GUARD_KINDS, load_guard
 from modeling_saferoute.inputs import encode_pairs
@@ -245,18 +246,15 @@ def encode_llama_guard_dataset(adapter, dataset, max_length):
 
 def validation_metrics(score, dataset):
     """F1 (threshold 0.5), AUPRC, accuracy and scoring speed of a guard (`score(items) -> P(unsafe)`) on `dataset` rows."""
-    from sklearn.metrics import accuracy_score, average_precision_score, f1_score
-
     items, labels = guard_items(dataset), list(dataset["label"])
     start = time.perf_counter()
     scores = score(items)
     seconds = time.perf_counter() - start
-    preds = [int(s > 0.5) for s in scores]
+    with collect_warnings([], "train-guard validation"):
+        metrics = classification_metrics(labels, scores)
     return {
         "n": len(items),
-        "f1": float(f1_score(labels, preds, zero_division=0)),
-        "auprc": float(average_precision_score(labels, scores)),
-        "accuracy": float(accuracy_score(labels, preds)),
+        **{k: metrics[k] for k in ("f1", "auprc", "accuracy")},
         "mean_p_unsafe_label1": float(sum(s for s, y in zip(scores, labels) if y) / max(sum(labels), 1)),
         "mean_p_unsafe_label0": float(sum(s for s, y in zip(scores, labels) if not y) / max(len(labels) - sum(labels), 1)),
         "scoring_examples_per_second": len(items) / seconds,
