@@ -352,3 +352,50 @@ def test_limits_hold_on_the_bytes_read_and_on_every_content_form(pipe):
         assert answer.status_code == 422 and "Input 0 has 8002 characters" in answer.json()["error"]["message"]
         assert httpx.post(f"{url}/v1/classify", json={"inputs": 5}, timeout=60).status_code == 422  # not an input form
         assert httpx.post(f"{url}/v1/moderations", json={"input": "still serving"}, timeout=60).status_code == 200
+
+
+# -- one large-guard reference --------------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_routed_pipeline_and_evaluate_score_the_same_text_with_the_same_settings(tmp_path, tiny_student_dir, tiny_llama_guard_dir):
+    """The packaged reference carries every setting (a served backend, a 40-token budget, a
+    temperature, a content cut): the routed pipeline and evaluate read it the same way and give the
+    same P(unsafe) for the same text, through the same server, equal to the adapter in process."""
+    import pandas as pd
+
+    from dataset_builders.benchmarks import load_benchmarks
+    from dataset_builders.schema import guard_items
+    from evaluation.evaluate import evaluate_saferoute
+    from serving.completions_server import build_completions_app
+
+    app = build_completions_app(tiny_llama_guard_dir, served_model_name="tiny-guard")
+    calls = []
+
+    @app.middleware("http")
+    async def count(request, call_next):
+        calls.append(request.url.path)
+        return await call_next(request)
+
+    settings = {"max_length": 40, "temperature": 2.0, "max_content_tokens": 24}
+    with running(app) as url:
+        out = package(PackageArguments(
+            student=str(tiny_student_dir), output_dir=str(tmp_path / "m"), model_card=False, large_guard=str(tiny_llama_guard_dir),
+            large_guard_kind="llama_guard", large_guard_max_length=40, large_guard_batch_size=3,
+            large_guard_options=json.dumps({"temperature": 2.0, "max_content_tokens": 24}), large_guard_backend="openai_compatible",
+            large_guard_backend_options=json.dumps({"base_url": f"{url}/v1", "served_model": "tiny-guard"})))
+        ref = json.loads((out / "config.json").read_text())["large_guard"]
+        assert (ref["max_length"], ref["batch_size"], ref["options"], ref["backend"]) == (40, 3, {"temperature": 2.0, "max_content_tokens": 24},
+                                                                                          "openai_compatible")
+        report = evaluate_saferoute(out, benchmarks="wildguardmix_response", max_per_benchmark=16, validation="none",
+                                    output_dir=str(tmp_path / "eval"), plots=False, model_card=False, precision="float32")
+        served_by_evaluate = len(calls)
+        items = guard_items(load_benchmarks(["wildguardmix_response"], "offline", 16, 0)["wildguardmix_response"])
+        routed = pipeline("text-classification", model=str(out), trust_remote_code=True, autocast_dtype="none")(items, route="always")
+    assert served_by_evaluate > 0 and len(calls) > served_by_evaluate  # both asked the served guard (evaluate kept the backend)
+    assert report["models"]["large_guard"]["backend"] == "openai_compatible" and report["models"]["large_guard"]["max_length"] == 40
+    evaluated = pd.read_parquet(tmp_path / "eval" / "scores.parquet")["large_unsafe_score"].tolist()
+    assert [r["unsafe_score"] for r in routed] == pytest.approx(evaluated, abs=1e-6)
+    assert any(r["truncated"] for r in routed)  # the 40-token budget cut some: the setting was applied
+    in_process = load_guard(str(tiny_llama_guard_dir), "llama_guard", autocast_dtype="none", **settings).score(items)
+    assert evaluated == pytest.approx(in_process, abs=1e-4)
+    default = load_guard(str(tiny_llama_guard_dir), "llama_guard", autocast_dtype="none").score(items)
+    assert max(abs(a - b) for a, b in zip(default, in_process)) > 1e-3  # the settings change the scores: the comparison means something
