@@ -7,8 +7,9 @@ serve` would be), both as their own processes. Then, in bounded time:
 1. `--requests` requests from `--clients` concurrent clients, `--poisoned` of them bad (malformed
    items, unknown roles, non-text parts, oversized content parts, bad options, a normalized dict
    that lies about its types): every bad one must get its 4xx, every good one its correct answer.
-   A third of the way in, the large guard's process is killed (SIGKILL) and restarted
-   `--down_s` seconds later: meanwhile routed inputs get the `--policy` answer.
+   They go in three thirds: the large guard up; its process killed (SIGKILL) as the second third
+   starts, so routed inputs get the `--policy` answer; restarted (`--down_s` after the kill, then
+   however long its model takes to load) before the last third, which it serves again.
 2. A burst at `--burst_factor` x the capacity measured in step 1, open loop for `--burst_s`
    seconds: the server sheds what it cannot serve (503 + Retry-After) or answers it.
 
@@ -69,10 +70,9 @@ class BenchFaultsArguments:
     burst_factor: float = field(default=4.0, metadata={"help": "Burst rate as a multiple of the capacity measured in step 1."})
     burst_s: float = field(default=5.0, metadata={"help": "Length of the burst (open loop)."})
     policy: str = field(default="student", metadata={"help": "The server's on_large_guard_error."})
-    deadline_s: float = field(default=30.0, metadata={"help": "The server's per-request deadline."})
+    deadline_s: float = field(default=10.0, metadata={"help": "The server's per-request deadline (every request ends within it)."})
     max_queue: int = field(default=512, metadata={"help": "The server's queue bound (inputs)."})
-    budget: float = field(default=5.0, metadata={"help": "The served guard's time budget per call (seconds)."})
-    timeout_s: float = field(default=900.0, metadata={"help": "Give up the whole run after this many seconds."})
+    budget: float = field(default=3.0, metadata={"help": "The served guard's time budget per call (seconds, retries included)."})
 
 
 def free_port():
@@ -81,6 +81,17 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def server_ms(response):
+    """The server's own time for a request (its `Server-Timing` header), in ms."""
+    timing = response.headers.get("server-timing", "") if response is not None else ""
+    return float(timing.split("dur=")[1]) if "dur=" in timing else float("nan")
+
+
+def pct(values, q):
+    values = [v for v in values if v == v]
+    return f"{np.percentile(values, q):.0f}" if values else "-"
 
 
 def rss_mb(pid):
@@ -145,7 +156,6 @@ def expected_verdicts(model_dir, guard, kind, max_length, texts, routed_texts):
 
 def main(argv=None):
     args = parse_args([BenchFaultsArguments], argv)
-    started = time.time()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
     datasets = load_benchmarks("all", max_per_benchmark=args.texts // 6 + 1, seed=0)
     texts = list(dict.fromkeys(p for ds in datasets.values() for p in ds["prompt"]))[: args.texts]
@@ -167,7 +177,7 @@ def main(argv=None):
         client = httpx.Client(timeout=args.deadline_s + 30, limits=httpx.Limits(max_connections=args.clients + 8))
         client.post(f"{url}/v1/moderations", json={"input": texts[:16]})  # warm-up: loads the served guard's tokenizer
         memory_before = rss_mb(server.pid)
-        done, fault = Counter(), {}
+        fault = {}
 
         def ask(step):
             kind, what = step
@@ -177,22 +187,27 @@ def main(argv=None):
                 response = client.post(f"{url}{route}", json=body)
                 status, payload = response.status_code, response.json()
             except httpx.HTTPError as err:
-                status, payload = type(err).__name__, None
-            seconds = time.perf_counter() - start
-            done["n"] += 1
-            if done["n"] == args.requests // 3 and "killed" not in fault:  # the large guard dies a third of the way in
-                fault["killed"] = time.perf_counter()
-                upstream.kill()
-                threading.Timer(args.down_s, lambda: (upstream.start(), fault.update(back=time.perf_counter()))).start()
-            return kind, what, status, payload, seconds
+                status, payload, response = type(err).__name__, None, None
+            return kind, what, status, payload, time.perf_counter() - start, server_ms(response)
 
         start = time.perf_counter()
+        thirds = [plan[k * len(plan) // 3 : (k + 1) * len(plan) // 3] for k in range(3)]
+        answers, seconds = [], []
         with ThreadPoolExecutor(args.clients) as pool:
-            answers = list(pool.map(ask, plan))
-        wall = time.perf_counter() - start
-        while "back" not in fault and time.time() - started < args.timeout_s:
-            time.sleep(0.2)
-        capacity = sum(1 for kind, *_ in answers if kind == "good") / wall
+            for k, third in enumerate(thirds):
+                if k == 1:  # the large guard dies
+                    upstream.kill()
+                    fault["killed"] = time.perf_counter() - start
+                    restart = threading.Timer(args.down_s, upstream.start)
+                    restart.start()
+                if k == 2:  # and comes back
+                    restart.join()
+                    fault["back"] = time.perf_counter() - start
+                t0 = time.perf_counter()
+                answers.append(list(pool.map(ask, third)))
+                seconds.append(time.perf_counter() - t0)
+        wall = sum(seconds)
+        capacity = sum(1 for kind, *_ in answers[0] if kind == "good") / seconds[0]  # good requests/s with every part up
         burst = asyncio.run(open_loop(url, texts, args.burst_factor * capacity, args.burst_s, args.deadline_s))
         memory_after = rss_mb(server.pid)
         metrics = client.get(f"{url}/metrics").json()
@@ -201,7 +216,7 @@ def main(argv=None):
         server.wait(timeout=120)
         if upstream.proc and upstream.proc.poll() is None:
             upstream.kill()
-    report(args, answers, wall, burst, capacity, memory_before, memory_after, metrics, model_dir, fault, start)
+    report(args, answers, seconds, burst, capacity, memory_before, memory_after, metrics, model_dir, fault)
     tmp.cleanup()
 
 
@@ -214,54 +229,59 @@ async def open_loop(url, texts, rate, seconds, deadline):
             start = time.perf_counter()
             try:
                 response = await client.post(f"{url}/v1/moderations", json={"input": texts[k % len(texts)]})
-                return response.status_code, time.perf_counter() - start
+                return response.status_code, time.perf_counter() - start, server_ms(response)
             except httpx.HTTPError as err:
-                return type(err).__name__, time.perf_counter() - start
+                return type(err).__name__, time.perf_counter() - start, None
 
         return await asyncio.gather(*(one(k) for k in range(n)))
 
 
-def report(args, answers, wall, burst, capacity, memory_before, memory_after, metrics, model_dir, fault, start):
+def report(args, thirds, seconds, burst, capacity, memory_before, memory_after, metrics, model_dir, fault):
+    answers = [a for third in thirds for a in third]
     good = [a for a in answers if a[0] == "good"]
-    bad = [a for a in answers if a[0] == "bad"]
     answered = [a for a in good if a[2] == 200]
     routed_texts = {a[1] for a in answered if a[3]["results"][0]["decided_by"] == "large_guard"}
     student, large = expected_verdicts(model_dir, args.guard, args.guard_kind, args.guard_max_length, sorted({a[1] for a in good}), routed_texts)
-    decided = Counter(a[3]["results"][0]["decided_by"] for a in answered)
-    correct, gaps = 0, []
-    for _, text, _, payload, _ in answered:
+
+    def correct(answer):
+        _, text, status, payload, *_ = answer
+        if status != 200:
+            return False, None
         result = payload["results"][0]
-        want = large[text] if result["decided_by"] == "large_guard" else student[text]["unsafe_score"]
-        if result["decided_by"] == "fail_closed":
-            want = 1.0
-        gaps.append(abs(result["category_scores"]["unsafe"] - want))
-        correct += result["flagged"] == (want > 0.5)
-    lat = np.array([a[4] for a in good]) * 1000
-    bad_status = Counter(str(a[2]) for a in bad)
-    burst_status = Counter(str(s) for s, _ in burst)
-    burst_lat = np.array([t for s, t in burst if s == 200]) * 1000
+        want = {"large_guard": large.get(text), "fail_closed": 1.0}.get(result["decided_by"], student[text]["unsafe_score"])
+        return result["flagged"] == (want > 0.5), abs(result["category_scores"]["unsafe"] - want)
+
     print(f"model {args.model} (student + router), large guard {args.guard} served on loopback ({args.guard_kind}, "
           f"{args.guard_max_length} tokens, budget {args.budget:g} s), policy {args.policy}, deadline {args.deadline_s:g} s, "
-          f"max_queue {args.max_queue}")
-    killed = fault.get("killed", start) - start
-    back = fault.get("back", start) - start
-    print(f"step 1: {len(answers)} requests, {args.clients} clients, {len(bad)} bad; large guard killed at {killed:.1f} s, "
-          f"serving again at {back:.1f} s; {wall:.1f} s, capacity {capacity:.1f} good requests/s")
-    print("| step | requests | good answered correctly | bad answered 4xx | 5xx | shed (503) | share shed | p50 ms | p99 ms |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    bad_4xx = sum(v for k, v in bad_status.items() if k.startswith("4"))
-    fivexx = sum(v for k, v in Counter(str(a[2]) for a in answers).items() if k.startswith("5"))
-    shed = sum(1 for a in good if a[2] == 503)
-    print(f"| 1: poisoned + large guard killed | {len(answers)} | {correct}/{len(good)} | {bad_4xx}/{len(bad)} | {fivexx} | {shed} | "
-          f"{shed / len(answers):.1%} | {np.percentile(lat, 50):.0f} | {np.percentile(lat, 99):.0f} |")
-    shed_b = burst_status.get("503", 0)
-    print(f"| 2: burst at {args.burst_factor:g}x capacity ({len(burst) / args.burst_s:.0f} req/s, {args.burst_s:g} s) | {len(burst)} | "
-          f"{burst_status.get('200', 0)} answered | - | {sum(v for k, v in burst_status.items() if k.startswith('5')) - shed_b} other | "
-          f"{shed_b} | {shed_b / len(burst):.1%} | {np.percentile(burst_lat, 50) if len(burst_lat) else float('nan'):.0f} | "
-          f"{np.percentile(burst_lat, 99) if len(burst_lat) else float('nan'):.0f} |")
-    print(f"step 1 decided_by: {dict(decided)}; max |score - recomputed| {max(gaps) if gaps else float('nan'):.4f}; "
-          f"bad requests: {dict(bad_status)}; burst statuses: {dict(burst_status)}")
-    print(f"server memory (RSS): {memory_before:.0f} MB before, {memory_after:.0f} MB after; metrics: "
+          f"max_queue {args.max_queue}; {args.clients} clients")
+    print(f"large guard killed at {fault['killed']:.1f} s, serving again at {fault['back']:.1f} s; "
+          f"capacity (first third) {capacity:.1f} good requests/s")
+    print("| step | requests | good answered correctly | bad answered 4xx | 5xx | shed (503) | share shed | p50 / p99 ms (client) | "
+          "p50 / p99 ms (server) | decided_by |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    names = ("1a: large guard up", "1b: large guard killed", "1c: large guard restarted")
+    gaps = []
+    for name, third, secs in zip(names, thirds, seconds):
+        good = [a for a in third if a[0] == "good"]
+        bad = [a for a in third if a[0] == "bad"]
+        checks = [correct(a) for a in good]
+        gaps += [g for ok, g in checks if g is not None]
+        lat, server = [1000 * a[4] for a in good], [a[5] for a in good]
+        statuses = Counter(str(a[2]) for a in third)
+        decided = Counter(a[3]["results"][0]["decided_by"] for a in good if a[2] == 200)
+        print(f"| {name} ({secs:.1f} s) | {len(third)} | {sum(ok for ok, _ in checks)}/{len(good)} | "
+              f"{sum(str(a[2]).startswith('4') for a in bad)}/{len(bad)} | {sum(k.startswith('5') for k in statuses.elements())} | "
+              f"{statuses.get('503', 0)} | {statuses.get('503', 0) / len(third):.1%} | {pct(lat, 50)} / {pct(lat, 99)} | "
+              f"{pct(server, 50)} / {pct(server, 99)} | {dict(decided)} |")
+    burst_status = Counter(str(b[0]) for b in burst)
+    lat, server = [1000 * b[1] for b in burst if b[0] == 200], [b[2] for b in burst if b[0] == 200]
+    shed = burst_status.get("503", 0)
+    print(f"| 2: burst at {args.burst_factor:g}x capacity ({len(burst) / args.burst_s:.0f} req/s for {args.burst_s:g} s) | {len(burst)} | "
+          f"{burst_status.get('200', 0)} answered | - | {sum(v for k, v in burst_status.items() if k.startswith('5')) - shed} besides 503 | "
+          f"{shed} | {shed / len(burst):.1%} | {pct(lat, 50)} / {pct(lat, 99)} | {pct(server, 50)} / {pct(server, 99)} | |")
+    print(f"max |score - recomputed| of the good answers {max(gaps) if gaps else float('nan'):.4f}; bad requests: "
+          f"{dict(Counter(str(a[2]) for a in answers if a[0] == 'bad'))}; burst statuses: {dict(burst_status)}")
+    print(f"server memory (RSS): {memory_before:.0f} MB before, {memory_after:.0f} MB after; server metrics: "
           f"{ {k: metrics[k] for k in ('requests', 'mean_batch_items', 'routed_share')} }")
 
 

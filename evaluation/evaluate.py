@@ -191,6 +191,9 @@ def _large_guard_reference(args, config):
             f"The SafeRoute model {args.model!r} has no large guard configured (config.large_guard); "
             "pass --large-guard and --large-guard-kind."
         )
+    if args.max_length and ref.get("max_length") and args.max_length != ref["max_length"]:
+        logger.warning("--max-length %d replaces the large-guard reference's %d: the large guard is scored unlike the "
+                       "routed pipeline (and the router's labels).", args.max_length, ref["max_length"])
     for key, value in (("dtype", args.dtype), ("max_length", args.max_length)):
         if value:
             ref[key] = value

@@ -10,8 +10,9 @@ the routed remainder of a batch goes to `large_guard_workers` other threads that
 guard, so a slow or failing large guard never holds the threads that serve student-only traffic.
 
 Bounds, each refused with its own exception (the server turns them into HTTP statuses):
-- `max_queue` items waiting for a student thread: past it `submit` raises `QueueFull` (503 with
-  `Retry-After`, from the measured drain rate);
+- `max_queue` items waiting for a student thread, or more queued work than the request's deadline
+  leaves time for (at the measured rate of the student passes): `submit` raises `QueueFull` (503
+  with `Retry-After`, from that rate) instead of queueing a request that would time out;
 - `max_large_guard_queue` items waiting on the large guard: past it a batch's routed inputs get
   the call's `on_large_guard_error` policy at once (`LargeGuardBusy` under "raise");
 - a job whose deadline passed before its batch ran, or before its large-guard turn came, is
@@ -100,7 +101,7 @@ class DynamicBatcher:
         self.jobs = queue.Queue()
         self.lock = threading.Lock()  # guards the counts below
         self.queued, self.large_waiting, self.live, self.closing = 0, 0, set(), False
-        self.rate = None  # items per second of the student passes (a moving average), for Retry-After
+        self.rate = None  # items per second of one student pass (a moving average): admission and Retry-After
         self.stopped = threading.Event()
         self.large_pool = concurrent.futures.ThreadPoolExecutor(large_guard_workers, thread_name_prefix="saferoute-large-guard")
         self.threads = [threading.Thread(target=self._work, name=f"saferoute-batcher-{k}", daemon=True) for k in range(workers)]
@@ -118,6 +119,10 @@ class DynamicBatcher:
             if self.queued + len(job.items) > self.max_queue:
                 raise QueueFull(f"The server is at capacity ({self.queued} inputs queued, max_queue={self.max_queue}); "
                                 "retry later.", self._retry_after())
+            wait = (self.queued + len(job.items)) / (self.rate * len(self.threads)) if self.rate else 0.0
+            if deadline is not None and time.monotonic() + wait > deadline:
+                raise QueueFull(f"The server is at capacity: about {wait:.1f} s of work is queued ({self.queued} inputs), "
+                                "more than this request's deadline leaves; retry later.", self._retry_after())
             self.queued += len(job.items)
             self.live.add(job)
         job.future.add_done_callback(lambda _: self._forget(job))
@@ -126,7 +131,7 @@ class DynamicBatcher:
 
     def _retry_after(self):
         """Seconds until the queue has drained at the measured rate (1 to 30)."""
-        return min(30, max(1, math.ceil(self.queued / self.rate))) if self.rate else 1
+        return min(30, max(1, math.ceil(self.queued / (self.rate * len(self.threads))))) if self.rate else 1
 
     def _forget(self, job):
         with self.lock:

@@ -49,7 +49,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictStr
@@ -102,6 +102,11 @@ class LimitError(Exception):
         self.status, self.message = status, message
 
 
+def server_timing(start):
+    """The `Server-Timing` header: milliseconds from the request's first byte handled to its answer."""
+    return {"Server-Timing": f"total;dur={1000 * (time.monotonic() - start):.1f}"}
+
+
 def error_response(status, message, kind, retry_after=None):
     headers = {"Retry-After": str(int(math.ceil(retry_after)))} if retry_after else None
     return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
@@ -117,6 +122,7 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        scope.setdefault("state", {})["arrived"] = time.monotonic()  # the request's deadline counts from here
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
             return await self._refuse(scope, receive, send, f"The body has {int(declared)} bytes")
@@ -248,13 +254,13 @@ def build_app(pipe, args: ServeArguments, model_name=None):
         metrics.request(request.url.path, 422, 0.0)
         return error_response(422, f"Invalid request: {err.errors()}", "invalid_request")
 
-    async def answer(route, handler):
-        start = time.monotonic()
+    async def answer(route, raw, handler):
+        start = getattr(raw.state, "arrived", None) or time.monotonic()
         retry_after = None
         try:
             body, results = await handler(start)
             metrics.request(route, 200, time.monotonic() - start, results)
-            return JSONResponse(body)
+            return JSONResponse(body, headers=server_timing(start))
         except LimitError as err:
             status, message, kind = err.status, err.message, "limit" if err.status == 413 else "invalid_input"
         except QueueFull as err:  # shed, not queued
@@ -276,20 +282,22 @@ def build_app(pipe, args: ServeArguments, model_name=None):
                 logger.exception("request failed")
                 status, kind = 500, "internal"
         metrics.request(route, status, time.monotonic() - start)
-        return error_response(status, message, kind, retry_after)
+        response = error_response(status, message, kind, retry_after)
+        response.headers.update(server_timing(start))
+        return response
 
     @app.post("/v1/moderations")
-    async def moderations(request: ModerationRequest):
+    async def moderations(request: ModerationRequest, raw: Request):
         async def handler(start):
             inputs = [request.input] if isinstance(request.input, str) else list(request.input)
             results = await run(validated(inputs), {"on_large_guard_error": args.on_large_guard_error}, start)
             body = {"id": f"modr-{uuid.uuid4().hex[:24]}", "model": request.model or name,
                     "results": [moderation_result(r) for r in results]}
             return body, results
-        return await answer("/v1/moderations", handler)
+        return await answer("/v1/moderations", raw, handler)
 
     @app.post("/v1/classify")
-    async def classify(request: ClassifyRequest):
+    async def classify(request: ClassifyRequest, raw: Request):
         async def handler(start):
             unknown = sorted(set(request.options) - set(OPTIONS))
             if unknown:
@@ -300,7 +308,7 @@ def build_app(pipe, args: ServeArguments, model_name=None):
             inputs = [request.inputs] if single else list(request.inputs)
             results = await run(validated(inputs), options, start)
             return {"model": name, "results": results}, results
-        return await answer("/v1/classify", handler)
+        return await answer("/v1/classify", raw, handler)
 
     add_stream_route(app, pipe, batcher, args, text_size)
 

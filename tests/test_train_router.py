@@ -156,6 +156,7 @@ def test_train_router_on_the_router_rows_and_package(corpus_dir, student_dir, ti
     config = json.loads((out / "config.json").read_text())
     assert config["router_threshold"] == pytest.approx(result["router_threshold"])
     assert config["large_guard"]["name_or_path"] == str(tiny_llama_guard_dir) and config["large_guard"]["kind"] == "llama_guard"
+    assert (config["large_guard"]["max_length"], config["large_guard"]["batch_size"]) == (None, 8)  # what its labels were scored with
     assert config["router_trained"] and config["head_trained"]
     assert any(k.startswith("router.") for k in load_file(out / "model.safetensors"))
     guard = pipeline("text-classification", model=str(out), trust_remote_code=True)
