@@ -198,6 +198,18 @@ def test_a_queue_bound_below_one_request_is_refused(pipe):
     batcher.close()
 
 
+def test_past_the_large_guard_queue_routed_inputs_get_the_policy_at_once(pipe):
+    batcher = DynamicBatcher(pipe, max_large_guard_queue=2, workers=1)
+    try:
+        fallback = batcher.submit(["a", "b", "c"], {"route": "always", "on_large_guard_error": "student"}).result(60)
+        assert [r["decided_by"] for r in fallback] == ["student_fallback"] * 3 and "LargeGuardBusy" in fallback[0]["large_guard_error"]
+        with pytest.raises(RuntimeError, match="max_large_guard_queue=2"):  # the policy "raise"
+            batcher.submit(["a", "b", "c"], {"route": "always"}).result(60)
+        assert [r["decided_by"] for r in batcher.submit(["a", "b"], {"route": "always"}).result(60)] == ["large_guard"] * 2
+    finally:
+        batcher.close()
+
+
 def served_model(tmp_path, tiny_student_dir, tiny_llama_guard_dir, base_url, **options):
     backend = {"base_url": base_url, "max_retries": 1, "backoff": 0.01, "timeout": 2, "budget": 4, "cooldown": 0, **options}
     return package(PackageArguments(student=str(tiny_student_dir), output_dir=str(tmp_path / "served"), model_card=False,
