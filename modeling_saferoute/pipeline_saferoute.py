@@ -170,11 +170,15 @@ class SafeRoutePipeline(Pipeline):
             raise ValueError("Guard input is bytes; decode it to str first.")
         single = isinstance(inputs, (str, dict)) or is_conversation(inputs) or not hasattr(inputs, "__iter__")
         raw = [inputs] if single else list(inputs)  # lists, tuples, datasets, generators
-        pre, forward, post = self._sanitize_parameters(**kwargs)
+        results = self._call(raw, batch_size, kwargs).run()
+        return results[0] if single else results
+
+    def _call(self, inputs, batch_size, options):
+        """A `_Call` of a list of inputs with the call's options over the pipeline's own."""
+        pre, forward, post = self._sanitize_parameters(**options)
         pre, forward, post = {**self._preprocess_params, **pre}, {**self._forward_params, **forward}, {**self._postprocess_params, **post}
         batch_size = _positive_int("batch_size", batch_size if batch_size is not None else self._batch_size or DEFAULT_BATCH_SIZE)
-        results = _Call(self, normalize_batch(raw), batch_size, pre, forward, post).run()
-        return results[0] if single else results
+        return _Call(self, normalize_batch(inputs), batch_size, pre, forward, post)
 
     def stream(self, inputs, **options):
         """A `streaming.ResponseStream` that judges a response to `inputs` (the prompt, or a conversation
@@ -190,12 +194,7 @@ class SafeRoutePipeline(Pipeline):
         `results[i]` is final for inputs the student decided and None for those `waiting` on the
         large guard; `call.finish()` asks the large guard (with the call's `on_large_guard_error`)
         and returns every result; `call.fail(error)` applies that policy without asking it."""
-        pre, forward, post = self._sanitize_parameters(**kwargs)
-        pre, forward, post = {**self._preprocess_params, **pre}, {**self._forward_params, **forward}, {**self._postprocess_params, **post}
-        batch_size = _positive_int("batch_size", batch_size if batch_size is not None else self._batch_size or DEFAULT_BATCH_SIZE)
-        call = _Call(self, normalize_batch(list(inputs)), batch_size, pre, forward, post)
-        call.run(defer_large_guard=True)
-        return call
+        return self._call(list(inputs), batch_size, kwargs).run(defer_large_guard=True)
 
 
 def _positive_int(name, value):
