@@ -14,27 +14,28 @@ module, over the thread-safe pipeline.
 | POST /v1/moderations | the OpenAI moderation API shape: `input` a string or a list of strings; `results[i].flagged`, `categories`, `category_scores` (key `unsafe`), plus `router_score`, `routed`, `decided_by` |
 | POST /v1/classify | `inputs`: one or a list of the pipeline's input forms (strings, pairs, conversations); `options`: threshold, router_threshold, route, long_inputs, on_large_guard_error; the pipeline's results |
 | WS /v1/moderations/stream | a response judged while it is written: chunks in, a verdict per chunk out, `stop` when to cut it (`serving/streaming.py`) |
-| GET /health | 200 with the model name once it is loaded |
-| GET /metrics | request and item counts, errors, latency percentiles, the share routed, batch sizes |
+| GET /health | 200 with the model name once it is loaded (503 while shutting down), queue depths |
+| GET /metrics | request and item counts, errors, latency percentiles, the share routed, batch sizes, queue depths |
 
 Limits and failures, each answered with a status and a message naming it (`error.type`):
 
 | what | status |
 | --- | --- |
-| a body over `max_body_bytes`, counted on the bytes read (a chunked upload too: reading stops at the limit) | 413 `limit` |
+| a body over `max_body_bytes`, counted on the bytes read (a chunked upload too: nothing past the limit is kept) | 413 `limit` |
 | more than `max_items` inputs in a request | 413 `limit` |
 | an input over `max_chars` characters, in whatever form (a message's text parts included) | 422 `invalid_input`, naming its index |
 | a bad input or option | 422 `invalid_input`, naming its index |
-| `max_queue` inputs already waiting | 503 `overloaded` + `Retry-After` (the request is shed, not queued) |
-| no answer within `deadline_s` | 504 `deadline_exceeded` |
+| `max_queue` inputs already waiting, or more queued work than the deadline leaves time for | 503 `overloaded` + `Retry-After` (shed, not queued) |
+| no answer within `deadline_s` of the request's first byte | 504 `deadline_exceeded` (its queued work is dropped) |
 | shutting down (SIGTERM) | 503 `shutting_down` + `Retry-After`; accepted requests are answered first |
-| the large guard down, too slow for its budget, or overloaded (policy "raise") | 503 `large_guard_unavailable` |
+| the large guard down, too slow for its budget, or `max_large_guard_queue` routed inputs waiting (policy "raise") | 503 `large_guard_unavailable` |
 | the large guard refusing or answering garbage (policy "raise") | 502 `large_guard_bad_response` |
 
 A request is never failed by another one: inputs are validated at the door, and a batch that
 fails is run again one request at a time. Routed inputs wait on the large guard in their own
 threads, so the student keeps answering while the large guard is slow or down. No input crashes
-the server: an unexpected error is a 500 with its message, and the next request is served.
+the server: an unexpected error is a 500 with its message, and the next request is served. Every
+answer carries `Server-Timing: total;dur=<ms>` (the server's own time for it).
 """
 
 import asyncio
@@ -70,7 +71,7 @@ class ServeArguments:
     port: int = field(default=8000, metadata={"help": "Port to listen on."})
     max_batch_size: int = field(default=64, metadata={"help": "Most inputs joined into one pipeline call."})
     max_wait_ms: float = field(default=5.0, metadata={"help": "How long the first input of a batch waits for others."})
-    workers: int = field(default=2, metadata={"help": "Batcher threads (a batch's large-guard call overlaps the next student forward)."})
+    workers: int = field(default=2, metadata={"help": "Threads running the student's batches."})
     max_items: int = field(default=256, metadata={"help": "Most inputs in one request (413 above)."})
     max_chars: int = field(default=200_000, metadata={"help": "Most characters in one input (422 above, naming its index)."})
     max_body_bytes: int = field(default=4_000_000, metadata={"help": "Largest request body (413 above)."})
