@@ -64,6 +64,23 @@ class LargeGuardBusy(RuntimeError):
     retry_after = 1
 
 
+ERROR_TYPES = {QueueFull: "overloaded", ShuttingDown: "shutting_down", DeadlineExceeded: "deadline_exceeded",
+               LargeGuardBusy: "large_guard_unavailable"}
+
+
+def failure(error):
+    """(HTTP status, error type, Retry-After seconds or None) of a request that failed for the
+    server's sake (shed, shutting down, past its deadline) or the large guard's (a `LargeGuardError`
+    under the policy "raise", of whichever copy of the remote code: read from `http_status`); None
+    for any other error."""
+    status = getattr(error, "http_status", None)
+    if status is None:
+        return None
+    kind = next((k for cls, k in ERROR_TYPES.items() if isinstance(error, cls)),
+                "large_guard_unavailable" if status == 503 else "large_guard_bad_response")
+    return status, kind, getattr(error, "retry_after", None) or (1 if status == 503 else None)
+
+
 @dataclass(eq=False)
 class _Job:
     items: list

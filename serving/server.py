@@ -57,7 +57,7 @@ from pydantic import BaseModel, Field, StrictStr
 
 from saferoute.config import parse_args
 
-from .batcher import DeadlineExceeded, DynamicBatcher, QueueFull, ShuttingDown
+from .batcher import DeadlineExceeded, DynamicBatcher, failure
 from .streaming import add_stream_route
 
 logger = logging.getLogger(__name__)
@@ -264,24 +264,15 @@ def build_app(pipe, args: ServeArguments, model_name=None):
             return JSONResponse(body, headers=server_timing(start))
         except LimitError as err:
             status, message, kind = err.status, err.message, "limit" if err.status == 413 else "invalid_input"
-        except QueueFull as err:  # shed, not queued
-            status, message, kind, retry_after = 503, str(err), "overloaded", err.retry_after
-        except ShuttingDown as err:
-            status, message, kind, retry_after = 503, str(err), "shutting_down", 1
-        except DeadlineExceeded as err:
-            status, message, kind = 504, str(err), "deadline_exceeded"
         except ValueError as err:  # the request's own input or option
             status, message, kind = 422, str(err), "invalid_input"
         except Exception as err:  # never crash on a request
-            message = f"{type(err).__name__}: {err}"
-            status = getattr(err, "http_status", None)  # the large guard failed under the policy "raise" (or is overloaded)
-            if status == 503:
-                kind, retry_after = "large_guard_unavailable", 1
-            elif status == 502:
-                kind = "large_guard_bad_response"
-            else:
+            message, known = f"{type(err).__name__}: {err}", failure(err)
+            if known is None:
                 logger.exception("request failed")
                 status, kind = 500, "internal"
+            else:  # shed, shutting down, past its deadline, or the large guard failed under the policy "raise"
+                status, kind, retry_after = known
         metrics.request(route, status, time.monotonic() - start)
         response = error_response(status, message, kind, retry_after)
         response.headers.update(server_timing(start))
@@ -328,7 +319,14 @@ def build_app(pipe, args: ServeArguments, model_name=None):
 
 
 def text_size(item):
-    """Characters of text in one normalized input (prompt, response and every context turn)."""
+    """Characters of text in one input of any form, counted on its normalized form (prompt, response,
+    every earlier turn; a message's text parts joined); 0 for what is not an input (refused on its own)."""
+    from modeling_saferoute.inputs import normalize_input
+
+    try:
+        item = normalize_input(item)
+    except ValueError:
+        return 0
     return len(item["prompt"]) + len(item["response"] or "") + sum(len(text) for _, text in item["context"])
 
 
