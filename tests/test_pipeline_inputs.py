@@ -192,3 +192,17 @@ def test_in_chunk_mode_the_large_guard_reads_the_window_the_student_flagged(sent
     whole = routed(item, route="always")  # truncate mode: the whole input, cut to the large guard's budget
     assert whole["large_guard_input"] == "whole" and whole["label"] == "safe" and whole["truncated"]
     assert routed(item, route="never")["large_guard_input"] is None
+
+
+def test_chunk_mode_says_when_part_of_the_text_is_left_unread(guard):
+    tokenizer, budget = guard.tokenizer, guard.model.max_length
+    item = {"prompt": "Tell me something.", "response": " ".join([FILLER] * 60)}
+    parts, unread = windows(tokenizer, item, budget, return_truncated=True)
+    assert len(parts) > 3 and not unread
+    few, unread = windows(tokenizer, item, budget, max_windows=2, return_truncated=True)
+    assert few == parts[:2] and unread  # windows past max_windows dropped: the tail is not read
+    crowded = {"prompt": "Tell me something. " * 20, "response": " ".join([FILLER] * 60)}  # the prompt fills the budget
+    (one,), unread = windows(tokenizer, crowded, budget, return_truncated=True)
+    assert unread and one == normalize_input(crowded)
+    result = guard(crowded, route="never", long_inputs="chunk")
+    assert result["windows"] == 1 and result["truncated"]
