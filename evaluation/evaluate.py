@@ -37,7 +37,7 @@ from dataset_builders.schema import guard_items
 from dataset_builders.score_store import LazyScorer, ScoreStore, cached_scores, guard_store, model_key
 from dataset_builders.seed_pool import load_seed_pool
 from modeling_saferoute.bundled import resolve
-from modeling_saferoute.guards import GUARD_KINDS, load_guard
+from modeling_saferoute.guards import GUARD_KINDS, effective_max_length, load_guard, load_large_guard
 from modeling_saferoute.precision import precision_record, resolve_inference_precision, resolve_precision
 from saferoute.config import parse_args, recorded_arguments
 
@@ -110,12 +110,16 @@ def student_scorer(model, batch_size, device, precision="auto"):
 
 def guard_scorer(name_or_path, kind, batch_size, **load_kwargs):
     """P(unsafe) from `modeling_saferoute.guards.load_guard` (the one guard-scoring implementation)."""
+    return LazyScorer(lambda: _scoring(load_guard(name_or_path, kind, **load_kwargs), batch_size))
 
-    def load():
-        guard = load_guard(name_or_path, kind, **load_kwargs)
-        return lambda items: {"unsafe_score": guard.score(items, batch_size=batch_size, show_progress=True)}
 
-    return LazyScorer(load)
+def large_guard_scorer(reference, **overrides):
+    """P(unsafe) from the guard of a large-guard reference, loaded as the pipeline loads it."""
+    return LazyScorer(lambda: _scoring(load_large_guard(reference, **overrides), None))
+
+
+def _scoring(guard, batch_size):
+    return lambda items: {"unsafe_score": guard.score(items, batch_size=batch_size, show_progress=True)}
 
 
 # -- evaluation -------------------------------------------------------------------------------------
@@ -176,7 +180,9 @@ def _check(args):
 
 
 def _large_guard_reference(args, config):
-    """(name_or_path, kind, load kwargs, batch size) of the SafeRoute model's large guard."""
+    """The SafeRoute model's large-guard reference (`--large-guard` replaces the guard, `--dtype` and
+    `--max-length` its settings), every setting kept (backend and its options included), with the
+    token budget it will really score with: what the routed pipeline reads, and the cache key."""
     ref = dict(getattr(config, "large_guard", None) or {})
     if args.large_guard:
         ref = {"name_or_path": args.large_guard, "kind": args.large_guard_kind}
@@ -185,11 +191,15 @@ def _large_guard_reference(args, config):
             f"The SafeRoute model {args.model!r} has no large guard configured (config.large_guard); "
             "pass --large-guard and --large-guard-kind."
         )
-    options = dict(ref.get("options") or {})
-    if args.max_length or ref.get("max_length"):
-        options["max_length"] = args.max_length or ref["max_length"]
-    load_kwargs = {"revision": ref.get("revision"), "dtype": args.dtype or ref.get("dtype"), "device": args.device, **options}
-    return ref["name_or_path"], ref["kind"], load_kwargs, ref.get("batch_size") or args.batch_size
+    if args.max_length and ref.get("max_length") and args.max_length != ref["max_length"]:
+        logger.warning("--max-length %d replaces the large-guard reference's %d: the large guard is scored unlike the "
+                       "routed pipeline (and the router's labels).", args.max_length, ref["max_length"])
+    for key, value in (("dtype", args.dtype), ("max_length", args.max_length)):
+        if value:
+            ref[key] = value
+    max_length = ref.get("max_length") or (ref.get("options") or {}).get("max_length")
+    ref["max_length"] = effective_max_length(ref["name_or_path"], max_length, ref.get("revision"), ref.get("backend", "transformers"))
+    return ref
 
 
 def _validation_split(args):
@@ -222,10 +232,11 @@ class _Run:
 
 def _evaluate_guard(args, datasets, run):
     """Guard mode: one guard's scores on every benchmark. Returns (models, metrics, scored)."""
+    max_length = effective_max_length(args.guard, args.max_length, args.guard_revision)  # what it scores with, in the key
     cache = guard_store(_store_root(args), args.guard, args.guard_kind, args.precision, _device(args), args.recompute,
-                        revision=args.guard_revision, dtype=args.dtype, max_length=args.max_length)
+                        revision=args.guard_revision, dtype=args.dtype, max_length=max_length)
     scorer = guard_scorer(args.guard, args.guard_kind, args.batch_size, revision=args.guard_revision,
-                          dtype=args.dtype, device=args.device, max_length=args.max_length, autocast_dtype=args.precision)
+                          dtype=args.dtype, device=args.device, max_length=max_length, autocast_dtype=args.precision)
     for name, ds in datasets.items():
         scores = cached_scores(cache, scorer, guard_items(ds), name)
         labels = np.asarray(ds["label"])
@@ -246,14 +257,16 @@ def _evaluate_saferoute(args, datasets, run, settings):
     router_threshold = config.router_threshold if args.router_threshold is None else args.router_threshold
     thresholds = {"fixed": 0.5, **(getattr(config, "router_thresholds", None) or {})}
     choice = getattr(config, "router_threshold_choice", None) if args.router_threshold is None else "--router_threshold"
-    large_name, large_kind, large_kwargs, large_batch = _large_guard_reference(args, config)
+    large_ref = _large_guard_reference(args, config)
     s_key, s_info = model_key("saferoute", args.model, "saferoute", max_length=getattr(config, "max_input_length", None),
                               precision=resolve_inference_precision(args.precision, _device(args), warn=False))  # the student may run in int8
     s_cache = ScoreStore(_store_root(args), s_key, s_info, STUDENT_COLUMNS, args.recompute)
-    l_cache = guard_store(_store_root(args), large_name, large_kind, args.precision, _device(args), args.recompute,
-                          **{k: v for k, v in large_kwargs.items() if k != "device"})
+    settings_of_large = {**(large_ref.get("options") or {}), **{k: v for k, v in large_ref.items() if k not in ("name_or_path", "kind", "options")}}
+    l_cache = guard_store(_store_root(args), large_ref["name_or_path"], large_ref["kind"], args.precision, _device(args), args.recompute,
+                          **settings_of_large)
     s_scorer = student_scorer(args.model, args.batch_size, args.device, args.precision)
-    l_scorer = guard_scorer(large_name, large_kind, large_batch, autocast_dtype=args.precision, **large_kwargs)
+    l_scorer = large_guard_scorer(large_ref, device=args.device, autocast_dtype=args.precision,
+                                  batch_size=None if large_ref.get("batch_size") else args.batch_size)
     temperature, validation = 1.0, None
     if args.validation != "none":
         val = _validation_split(args)

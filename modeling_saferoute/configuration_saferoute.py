@@ -8,6 +8,19 @@ ROUTER_FEATURES = {"hidden": 0, "hidden_logits_entropy": 3}
 LARGE_GUARD_KEYS = ("name_or_path", "revision", "kind", "dtype", "max_length", "batch_size", "backend", "backend_options", "options")
 
 
+def large_guard_reference(name_or_path, kind, revision=None, dtype=None, max_length=None, batch_size=None, backend=None,
+                          backend_options=None, options=None):
+    """The large-guard reference a SafeRoute model records (`SafeRouteConfig.large_guard`): the guard
+    and every setting it scores with, so that train-router (which labels the router's data with it),
+    the pipeline and evaluate all score a text the same way (`guards.load_large_guard` reads it)."""
+    ref = {"name_or_path": name_or_path, "kind": kind, "revision": revision, "dtype": dtype, "max_length": max_length,
+           "batch_size": batch_size}
+    for key, value in (("backend", backend), ("backend_options", backend_options), ("options", options)):
+        if value:
+            ref[key] = value
+    return ref
+
+
 class SafeRouteConfig(PretrainedConfig):
     r"""Configuration of a [`SafeRouteForSequenceClassification`] (student guard + router).
 

@@ -23,6 +23,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_saferoute import ROUTER_FEATURES, SafeRouteConfig
+from .inputs import position_limit  # the one position rule (students and guards)
 
 
 @dataclass
@@ -44,14 +45,6 @@ class SafeRouteOutput(ModelOutput):
 # The feature buffer of the SafeRoute forward running in this thread (None outside one).
 _CAPTURED = threading.local()
 _HOOK_LOCK = threading.Lock()
-
-
-def position_limit(encoder_config):
-    """The most tokens an encoder's absolute position embeddings allow, or None when it has relative
-    positions only (DeBERTa-v2/v3: `position_biased_input` False) or records no limit."""
-    if getattr(encoder_config, "position_biased_input", True) is False:
-        return None
-    return getattr(encoder_config, "max_position_embeddings", None)
 
 
 def input_length_limit(config, default=512):

@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 import modeling_saferoute
 from modeling_saferoute import PIPELINE_IMPL, REMOTE_CODE_FILES, SafeRouteConfig, SafeRouteForSequenceClassification
-from modeling_saferoute.configuration_saferoute import ROUTER_FEATURES
+from modeling_saferoute.configuration_saferoute import ROUTER_FEATURES, large_guard_reference
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.guards import BACKENDS, GUARD_KINDS
 
@@ -36,6 +36,9 @@ class PackageArguments:
     large_guard_kind: Optional[str] = field(default=None, metadata={"help": f"Adapter kind of the large guard: {sorted(GUARD_KINDS)}."})
     large_guard_revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of the large guard."})
     large_guard_dtype: Optional[str] = field(default=None, metadata={"help": "dtype the large guard loads in (e.g. bfloat16)."})
+    large_guard_max_length: Optional[int] = field(default=None, metadata={"help": "Token budget the large guard scores with (train-router records the one its router labels were made with)."})
+    large_guard_batch_size: Optional[int] = field(default=None, metadata={"help": "Batch size of large-guard scoring."})
+    large_guard_options: Optional[str] = field(default=None, metadata={"help": 'Adapter options as JSON, e.g. \'{"temperature": 1.0, "max_content_tokens": 512}\'.'})
     large_guard_backend: Optional[str] = field(default=None, metadata={"help": "Where a causal-LM large guard runs: 'transformers' (in process), 'vllm' (in-process vLLM) or 'openai_compatible' (a served model, e.g. `vllm serve`). Without --large_guard it changes the student folder's own reference."})
     large_guard_backend_options: Optional[str] = field(default=None, metadata={"help": 'The backend\'s options as JSON, e.g. \'{"base_url": "http://gpu-host:8001/v1", "api_key_env": "GUARD_API_KEY"}\'.'})
     router: Optional[str] = field(default=None, metadata={"help": "Router weights: a safetensors file or a SafeRoute folder (its router.* tensors)."})
@@ -83,6 +86,19 @@ def large_guard_location(name_or_path):
     return str(path.resolve()) if path.is_dir() else name_or_path
 
 
+def _json_object(flag, text):
+    """The dict a JSON-object flag holds (None when not given); a ValueError naming the flag otherwise."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{flag} must be a JSON object: {err}") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object, got {type(value).__name__}.")
+    return value
+
+
 def package(args: PackageArguments):
     """Write the model folder; returns its path."""
     if args.large_guard and args.large_guard_kind not in GUARD_KINDS:
@@ -108,26 +124,25 @@ def package(args: PackageArguments):
     if not router_trained:
         logger.warning("The router is UNTRAINED (no --router given): its routing decisions are arbitrary.")
     config = model.config
+    options = _json_object("--large_guard_options", args.large_guard_options)
     if args.large_guard:
-        config.large_guard = {
-            "name_or_path": large_guard_location(args.large_guard),
-            "kind": args.large_guard_kind,
-            "revision": args.large_guard_revision,
-            "dtype": args.large_guard_dtype,
-        }
+        config.large_guard = large_guard_reference(large_guard_location(args.large_guard), args.large_guard_kind,
+                                                   revision=args.large_guard_revision, dtype=args.large_guard_dtype,
+                                                   max_length=args.large_guard_max_length, batch_size=args.large_guard_batch_size,
+                                                   options=options)
+    elif args.large_guard_max_length or args.large_guard_batch_size or options:  # new settings of the student folder's guard
+        if not getattr(config, "large_guard", None):
+            raise ValueError("--large_guard_max_length, --large_guard_batch_size and --large_guard_options need a large guard: pass --large_guard.")
+        updates = {"max_length": args.large_guard_max_length, "batch_size": args.large_guard_batch_size, "options": options}
+        config.large_guard = {**config.large_guard, **{k: v for k, v in updates.items() if v}}
     if args.large_guard_backend and args.large_guard_backend not in BACKENDS:
         raise ValueError(f"--large_guard_backend must be one of {list(BACKENDS)}, got {args.large_guard_backend!r}.")
     if args.large_guard_backend or args.large_guard_backend_options:
         if not getattr(config, "large_guard", None):
             raise ValueError("--large_guard_backend needs a large guard: pass --large_guard (and --large_guard_kind).")
-        try:
-            options = json.loads(args.large_guard_backend_options) if args.large_guard_backend_options else {}
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--large_guard_backend_options must be a JSON object: {err}") from err
-        if not isinstance(options, dict):
-            raise ValueError(f"--large_guard_backend_options must be a JSON object, got {type(options).__name__}.")
+        backend_options = _json_object("--large_guard_backend_options", args.large_guard_backend_options) or {}
         config.large_guard = {**config.large_guard, "backend": args.large_guard_backend or config.large_guard.get("backend", "transformers"),
-                              "backend_options": options}
+                              "backend_options": backend_options}
     if args.router_threshold is not None:
         config.router_threshold = float(args.router_threshold)
     if args.router_thresholds or args.router_threshold_choice:

@@ -15,7 +15,7 @@ Messages are JSON text frames:
 | client | `{"type": "chunk", "text": "..."}` | `{"type": "verdict", ...}`: label, unsafe_score, decided_by, stop, tokens, checks, stopped_at, ... |
 | client | `{"type": "end"}` | `{"type": "final", "reason": "end", ...}`, then the server closes (1000) |
 | server | no message for `stream_idle_seconds` | `{"type": "final", "reason": "idle", ...}` (the verdict so far, its last tokens checked), then close (1000) |
-| server | bad message or input | `{"type": "error", "error": {"message", "type"}}`, then close (1008; 1013 when `max_streams` are open; 1011 on a failure of the guard) |
+| server | bad message or input | `{"type": "error", "error": {"message", "type"}}`, then close (1008; 1013 when `max_streams` are open, the server is at capacity or shutting down, or the large guard is unavailable; 1011 when it answers garbage or on another failure) |
 
 Checks of all open streams go through the server's dynamic batcher, so concurrent streams share
 student forwards (and with `/v1/moderations` requests of the same options).
@@ -28,6 +28,8 @@ import threading
 import uuid
 
 from fastapi import WebSocket, WebSocketDisconnect
+
+from .batcher import failure
 
 logger = logging.getLogger(__name__)
 CLOSE_NORMAL, CLOSE_POLICY, CLOSE_ERROR, CLOSE_TRY_AGAIN = 1000, 1008, 1011, 1013
@@ -91,8 +93,11 @@ def add_stream_route(app, pipe, batcher, args, text_size):
             results = await asyncio.wrap_future(batcher.submit([c.item for c in checks], stream.call_options))
         except ValueError as err:
             raise StreamError(str(err)) from None
-        except ConnectionError as err:
-            raise StreamError(f"The large guard is unavailable: {err}", "large_guard_unavailable", CLOSE_ERROR) from None
+        except Exception as err:  # shed, shutting down, past the deadline, or the large guard failed (policy "raise")
+            known = failure(err)
+            if known is None:
+                raise
+            raise StreamError(f"{type(err).__name__}: {err}", known[1], CLOSE_TRY_AGAIN if known[0] in (503, 504) else CLOSE_ERROR) from None
         was_stopped = stream.verdict["stop"]
         for check, result in zip(checks, results):
             verdict = stream.apply(check, result)

@@ -172,6 +172,7 @@ def test_train_router_on_the_router_rows_and_package(corpus_dir, student_dir, ti
     assert config["router_thresholds"] == result["router_thresholds"] and config["router_threshold_choice"] == "budget"
     assert config["router_features"] == "hidden"
     assert config["large_guard"]["name_or_path"] == str(tiny_llama_guard_dir) and config["large_guard"]["kind"] == "llama_guard"
+    assert (config["large_guard"]["max_length"], config["large_guard"]["batch_size"]) == (None, 8)  # what its labels were scored with
     assert config["router_trained"] and config["head_trained"]
     assert any(k.startswith("router.") for k in load_file(out / "model.safetensors"))
     guard = pipeline("text-classification", model=str(out), trust_remote_code=True)

@@ -10,6 +10,8 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
+    RobertaConfig,
+    RobertaForSequenceClassification,
 )
 
 CORPUS = [
@@ -228,6 +230,31 @@ def build_tiny_deberta(out):
         max_relative_positions=-1, pos_att_type=["p2c", "c2p"], type_vocab_size=0, num_labels=2,
     )
     DebertaV2ForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_tiny_roberta(out):
+    """A tiny random RobertaForSequenceClassification in RoBERTa's position layout: 514 position
+    embeddings, positions counted from pad_token_id + 1 (so 512 tokens fit), a pair tokenizer
+    `<s> A </s></s> B </s>` with no length of its own."""
+    special = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+    def roberta_post(tok):
+        bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+        return processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+                                             special_tokens=[("<s>", bos), ("</s>", eos)])
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(special, roberta_post), bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        pad_token="<pad>", cls_token="<s>", sep_token="</s>", mask_token="<mask>", model_input_names=["input_ids", "attention_mask"],
+    )
+    torch.manual_seed(4)
+    config = RobertaConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+        max_position_embeddings=514, pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1, num_labels=2,
+    )
+    RobertaForSequenceClassification(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 

@@ -56,6 +56,7 @@ from dataset_builders.splits import stratified_split
 from evaluation.methods import ROUTER_THRESHOLDS, RoutingInputs, evaluate_methods, router_thresholds
 from evaluation.metrics import router_label
 from modeling_saferoute.configuration_saferoute import ROUTER_FEATURES
+from modeling_saferoute.configuration_saferoute import large_guard_reference as reference_of
 from modeling_saferoute.guards import GUARD_KINDS, load_guard
 from modeling_saferoute.precision import autocast_context, precision_record, resolve_autocast
 from modeling_saferoute.inputs import encode_pairs, length_sorted_batches
@@ -195,12 +196,14 @@ def corpus_of(info):
 
 
 def large_guard_reference(args, info):
-    """{name_or_path, kind, revision, dtype} of the large guard: --large-guard, else the teacher of the student's corpus."""
+    """The large guard (--large-guard, else the teacher of the student's corpus) with the settings its
+    router labels are made with (`configuration_saferoute.large_guard_reference`), written into the packaged model."""
     name, kind = args.large_guard, args.large_guard_kind
     teacher = corpus_teacher(corpus_of(info)) if corpus_of(info) else None
     if name is None and teacher:
         name, kind = teacher.get("name_or_path"), kind or teacher.get("kind")
-    ref = {"name_or_path": name, "kind": kind, "revision": args.large_guard_revision, "dtype": args.large_guard_dtype}
+    ref = reference_of(name, kind, revision=args.large_guard_revision, dtype=args.large_guard_dtype,
+                       max_length=args.large_guard_max_length, batch_size=args.large_guard_batch_size)
     check_large_guard(ref)
     return ref
 
@@ -401,7 +404,8 @@ def write_model(args, output, router, large_ref, thresholds, max_length):
         package(
             PackageArguments(
                 student=args.student, output_dir=str(output), large_guard=large_ref["name_or_path"], large_guard_kind=large_ref["kind"],
-                large_guard_revision=large_ref["revision"], large_guard_dtype=large_ref["dtype"], router=str(weights),
+                large_guard_revision=large_ref["revision"], large_guard_dtype=large_ref["dtype"],
+                large_guard_max_length=large_ref["max_length"], large_guard_batch_size=large_ref["batch_size"], router=str(weights),
                 router_features=args.router_features, router_thresholds=thresholds, router_threshold_choice=args.threshold_choice,
                 threshold=args.threshold, max_length=max_length,
             )
