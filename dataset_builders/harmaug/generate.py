@@ -6,9 +6,12 @@ pre-filled with the affirmative prefix "I have an idea for a prompt:" and the mo
 The continuation is parsed into one instruction (`parse_instruction`); the raw text is kept.
 """
 
+import hashlib
+import os
 import random
 import re
 import time
+from pathlib import Path
 
 from ..schema import make_id
 from .shards import derive_seed
@@ -173,7 +176,89 @@ class VLLMGenerator:
         return [r.outputs[0].text for r in results], sum(len(r.outputs[0].token_ids) for r in results)
 
 
-BACKENDS = {"transformers": TransformersGenerator, "vllm": VLLMGenerator}
+def gguf_path(name_or_path):
+    """The GGUF file behind a `bundled:` alias (hash-checked where it is pieced), a .gguf path, or a
+    folder holding exactly one .gguf."""
+    from modeling_saferoute.bundled import gguf_file
+
+    path = Path(gguf_file(name_or_path))
+    if path.is_dir():
+        found = sorted(path.glob("*.gguf"))
+        if len(found) != 1:
+            raise ValueError(f"--backend llama_cpp needs one .gguf file; {path} holds {len(found)}.")
+        path = found[0]
+    if path.suffix != ".gguf" or not path.is_file():
+        raise ValueError(f"--backend llama_cpp needs a .gguf file, a folder with one, or a bundled: alias; got {name_or_path!r}.")
+    return path
+
+
+def gguf_tokenizer(path):
+    """The transformers tokenizer (with the chat template) of a GGUF, converted from its metadata once
+    and cached under `$SAFEROUTE_CACHE/gguf-tokenizers` (the conversion takes tens of seconds)."""
+    from transformers import AutoTokenizer
+
+    from modeling_saferoute.bundled import _atomic_folder, cache_dir
+
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = hashlib.sha1(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+    def build(tmp):
+        AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(tmp)
+
+    return AutoTokenizer.from_pretrained(_atomic_folder(cache_dir() / "gguf-tokenizers" / f"{path.stem}-{key}", build))
+
+
+class LlamaCppGenerator:
+    """The same interface on llama.cpp (`llama-cpp-python`, optional dependency): the quantized GGUF
+    runs as it is (no conversion), one prompt at a time, with the KV cache of the prompt prefix it
+    shares with the previous one reused. Prompts are rendered with the GGUF's own chat template
+    (through its transformers tokenizer, as the other backends do) and tokenized by llama.cpp.
+    Prompt i of a call is sampled with `derive_seed(seed, i)` from a fresh context state, so a call
+    returns the same continuations whatever ran before it. Sampling is temperature + top-p only
+    (llama.cpp's top-k and min-p off)."""
+
+    def __init__(self, name_or_path, dtype=None, device=None, batch_size=None, n_ctx=4096, n_threads=None):
+        try:
+            import llama_cpp
+        except ImportError as err:
+            raise ImportError(
+                "--backend llama_cpp needs the optional package `llama-cpp-python` (`pip install llama-cpp-python`, "
+                "built from source with the system compilers); use --backend transformers instead."
+            ) from err
+        if device not in (None, "cpu"):
+            raise ValueError(f"--backend llama_cpp runs on the CPU here; got device {device!r}.")
+        path = gguf_path(name_or_path)
+        self.tokenizer = gguf_tokenizer(path)
+        self.llama_cpp = llama_cpp
+        threads = n_threads or len(os.sched_getaffinity(0))
+        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, n_threads=threads, n_threads_batch=threads,
+                                   verbose=False)
+        self.name = name_or_path
+        self.batch_size = batch_size
+
+    def generate(self, texts, seed, max_new_tokens=48, min_new_tokens=0, temperature=1.0, top_p=0.95):
+        outputs, new_tokens = [], 0
+        self.llm.reset()
+        for i, text in enumerate(texts):
+            tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+            if len(tokens) + max_new_tokens > self.llm.n_ctx():
+                raise ValueError(f"Prompt {i} has {len(tokens)} tokens: with {max_new_tokens} new ones it exceeds the "
+                                 f"llama.cpp context of {self.llm.n_ctx()}.")
+            processors = None
+            if min_new_tokens > 0:
+                processors = self.llama_cpp.LogitsProcessorList(
+                    [self.llama_cpp.llama.MinTokensLogitsProcessor(min_new_tokens, self.llm.token_eos())])
+            out = self.llm.create_completion(
+                tokens, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=0, min_p=0.0,
+                repeat_penalty=1.0, seed=derive_seed(seed, i), logits_processor=processors,
+            )
+            outputs.append(out["choices"][0]["text"])
+            new_tokens += out["usage"]["completion_tokens"]
+        return outputs, new_tokens
+
+
+BACKENDS = {"transformers": TransformersGenerator, "vllm": VLLMGenerator, "llama_cpp": LlamaCppGenerator}
 
 
 def load_generator(name_or_path, backend="transformers", **kwargs):
