@@ -52,10 +52,14 @@ if __name__ == "__main__":
 def child(spec_path, out_path):
     """One engine, in this process: load, then the generate and respond jobs of the spec."""
     spec = json.loads(Path(spec_path).read_text())
+    import torch
+
     from dataset_builders.harmaug.generate import load_generator
 
+    torch.set_num_threads(spec["threads"])
+    options = {"n_threads": spec["threads"]} if spec["engine"] == "llama_cpp" else {}
     start = time.perf_counter()
-    gen = load_generator(spec["generator"], spec["engine"], dtype=spec["dtype"], device="cpu", batch_size=spec["batch_size"])
+    gen = load_generator(spec["generator"], spec["engine"], dtype=spec["dtype"], device="cpu", batch_size=spec["batch_size"], **options)
     out = {"load_seconds": time.perf_counter() - start}
     for part in ("generate", "respond"):
         job = spec[part]
@@ -124,6 +128,8 @@ def main(argv=None):
     parser.add_argument("--response_max_new_tokens", type=int, default=40)
     parser.add_argument("--batch_size", type=int, default=32, help="transformers batch size")
     parser.add_argument("--precision", default="auto", help="transformers / vLLM compute precision (auto: bf16 where native)")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="Compute threads of every engine (default: every core; vLLM: the cores it computes on)")
     parser.add_argument("--seed_pool", default="offline")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vllm_python", default=str(REPO / ".venv-vllm" / "bin" / "python"))
@@ -141,6 +147,8 @@ def main(argv=None):
 
     dtype = str(torch_dtype(args.precision, "cpu")).replace("torch.", "")
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if "vllm" in engines and not Path(args.vllm_python).exists():
+        parser.error(f"--vllm_python {args.vllm_python} does not exist (`make vllm-env` makes .venv-vllm).")
     jobs, pool_rows = build_jobs(args)
     benchmarks = filters.load_benchmark_prompts(data_dir() / "eval")
     folder = resolve(args.generator) if {"transformers", "vllm"} & set(engines) else None  # converted once, before timing
@@ -149,13 +157,15 @@ def main(argv=None):
         for engine in engines:
             spec, out = Path(tmp) / f"{engine}.json", Path(tmp) / f"{engine}.out.json"
             spec.write_text(json.dumps({"generator": args.generator, "engine": engine, "dtype": dtype, "batch_size": args.batch_size,
-                                        "model": folder, **jobs}))
+                                        "threads": args.threads, "model": folder, **jobs}))
             if engine == "vllm":
                 script = Path(tmp) / "vllm_child.py"
                 script.write_text(VLLM_CHILD)
                 cmd = [args.vllm_python, str(script), str(spec), str(out)]
-                # vLLM keeps one core of two for its scheduler by default; both compute here (the scheduler shares them)
-                env = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+                # vLLM computes on the cores it does not reserve for its scheduler (one by default)
+                cores = sorted(os.sched_getaffinity(0))
+                env = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": str(max(0, len(cores) - args.threads)),
+                       "VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]}-{cores[args.threads - 1]}" if args.threads > 1 else str(cores[0])}
             else:
                 cmd, env = [sys.executable, str(Path(__file__).resolve()), "--child", str(spec), str(out)], {}
             start = time.perf_counter()
@@ -180,7 +190,8 @@ def main(argv=None):
                 "examples": kept[:5],
             }
             print(f"{engine}: {json.dumps({k: v for k, v in results[engine].items() if k != 'examples'})}", file=sys.stderr)
-    print(f"CPU: {cpu_name()}, {len(os.sched_getaffinity(0))} cores; native bf16: {native_bf16('cpu')}; transformers / vLLM dtype: {dtype}")
+    print(f"CPU: {cpu_name()}, {len(os.sched_getaffinity(0))} cores (load average {os.getloadavg()[0]:.1f} at the end), {args.threads} compute thread(s) per engine; native bf16: "
+          f"{native_bf16('cpu')}; transformers / vLLM dtype: {dtype}; llama.cpp: the GGUF's own quantization")
     print(f"{args.generator}: {args.requests} requests ({jobs['generate']['prompt_tokens']} prompt tokens, <= {args.max_new_tokens} new each), "
           f"{args.responses} responses ({jobs['respond']['prompt_tokens']} prompt tokens, <= {args.response_max_new_tokens} new each)\n")
     print("| engine | load s | generate tok/s | respond tok/s | kept | s per kept instruction | s per kept, with its 2 responses |")
