@@ -133,6 +133,7 @@ def main(argv=None):
     parser.add_argument("--seed_pool", default="offline")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vllm_python", default=str(REPO / ".venv-vllm" / "bin" / "python"))
+    parser.add_argument("--rounds", type=int, default=1, help="Run the engines in turn this many times (the machine's load drifts).")
     parser.add_argument("--timeout", type=int, default=1800, help="Seconds per engine.")
     parser.add_argument("--output", default=None, help="Also write the results here (JSON).")
     parser.add_argument("--child", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
@@ -154,8 +155,9 @@ def main(argv=None):
     folder = resolve(args.generator) if {"transformers", "vllm"} & set(engines) else None  # converted once, before timing
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for engine in engines:
-            spec, out = Path(tmp) / f"{engine}.json", Path(tmp) / f"{engine}.out.json"
+        for round_, engine in [(r, e) for r in range(1, args.rounds + 1) for e in engines]:
+            name = engine if args.rounds == 1 else f"{engine} (round {round_})"
+            spec, out = Path(tmp) / f"{engine}.json", Path(tmp) / f"{engine}-{round_}.out.json"
             spec.write_text(json.dumps({"generator": args.generator, "engine": engine, "dtype": dtype, "batch_size": args.batch_size,
                                         "threads": args.threads, "model": folder, **jobs}))
             if engine == "vllm":
@@ -171,13 +173,13 @@ def main(argv=None):
             start = time.perf_counter()
             code, err = run_child(cmd, args.timeout, env)
             if not out.exists():
-                results[engine] = {"error": (err or "")[-2000:], "returncode": code}
-                print(f"{engine}: failed ({code}): {(err or '')[-500:]}", file=sys.stderr)
+                results[name] = {"error": (err or "")[-2000:], "returncode": code}
+                print(f"{name}: failed ({code}): {(err or '')[-500:]}", file=sys.stderr)
                 continue
             res = json.loads(out.read_text())
             kept, counts = kept_instructions(res["generate"]["texts"], pool_rows, benchmarks)
             gen, resp = res["generate"], res["respond"]
-            results[engine] = {
+            results[name] = {
                 "wall_seconds": time.perf_counter() - start, "load_seconds": res["load_seconds"],
                 "generate_seconds": gen["seconds"], "generate_new_tokens": gen["new_tokens"],
                 "generate_tokens_per_second": gen["new_tokens"] / gen["seconds"],
@@ -189,7 +191,7 @@ def main(argv=None):
                 "seconds_per_kept_with_responses": (gen["seconds"] / len(kept) + 2 * resp["seconds"] / len(resp["texts"])) if kept else None,
                 "examples": kept[:5],
             }
-            print(f"{engine}: {json.dumps({k: v for k, v in results[engine].items() if k != 'examples'})}", file=sys.stderr)
+            print(f"{name}: {json.dumps({k: v for k, v in results[name].items() if k != 'examples'})}", file=sys.stderr)
     print(f"CPU: {cpu_name()}, {len(os.sched_getaffinity(0))} cores (load average {os.getloadavg()[0]:.1f} at the end), {args.threads} compute thread(s) per engine; native bf16: "
           f"{native_bf16('cpu')}; transformers / vLLM dtype: {dtype}; llama.cpp: the GGUF's own quantization")
     print(f"{args.generator}: {args.requests} requests ({jobs['generate']['prompt_tokens']} prompt tokens, <= {args.max_new_tokens} new each), "
