@@ -112,7 +112,7 @@ class TrainRouterArguments:
     precision: str = field(default="auto", metadata={"help": "Precision of the student and large-guard forwards: 'auto' (bf16 where the device multiplies it natively, as the deployed pipeline runs; float32 elsewhere), 'bf16' or 'float32'."})
     paraphrases: int = field(default=0, metadata={"help": "LLM paraphrases per training-split example (labels copied, both guards re-run on them); 0: none."})
     paraphraser: str = field(default="bundled:smollm2-135m-instruct", metadata={"help": "Paraphrasing LLM with a chat template (path, Hub id or bundled: alias)."})
-    paraphrase_backend: str = field(default="transformers", metadata={"help": "Generation backend of the paraphraser: 'transformers' or 'vllm' (optional dependency)."})
+    paraphrase_backend: str = field(default="transformers", metadata={"help": "Generation backend of the paraphraser: 'transformers', 'llama_cpp' or 'vllm' (optional dependencies)."})
     paraphrase_mode: str = field(default="prompt", metadata={"help": "'prompt' (each distinct prompt, one line, the response kept) or 'pair' (prompt and response paraphrased together, several lines each, as SafeRoute's code does)."})
     paraphrase_max_new_tokens: int = field(default=64, metadata={"help": "Token budget of one paraphrase (longer ones are cut)."})
     paraphrase_temperature: float = field(default=0.9, metadata={"help": "Sampling temperature of the paraphraser (0: greedy, every copy the same)."})

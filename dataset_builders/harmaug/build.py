@@ -67,7 +67,7 @@ class BuildCorpusArguments:
     benchmarks: Optional[str] = field(default=None, metadata={"help": "Folder of benchmark *.jsonl to decontaminate against (default <data_dir>/eval); 'none' disables."})
     generator: str = field(default="bundled:smollm2-135m-instruct", metadata={"help": "Generator LLM (path, Hub id or bundled: alias)."})
     responder: Optional[str] = field(default=None, metadata={"help": "Responder LLM (default: the generator)."})
-    backend: str = field(default="transformers", metadata={"help": "Generation backend: 'transformers' or 'vllm' (optional dependency)."})
+    backend: str = field(default="transformers", metadata={"help": "Generation backend: 'transformers', 'llama_cpp' (the GGUF as it is, llama-cpp-python) or 'vllm' (optional dependencies)."})
     precision: str = field(default="auto", metadata={"help": "Precision of generation and labeling: 'auto' (bf16 where the device multiplies it natively: AMX / AVX512-BF16 CPUs, bf16 GPUs; float32 elsewhere), 'bf16' or 'float32'."})
     dtype: Optional[str] = field(default=None, metadata={"help": "Generator / responder weight dtype; default: --precision's ('float32', 'bfloat16'...)."})
     teacher_dtype: str = field(default="auto", metadata={"help": "Teacher weight dtype ('auto': its checkpoint's; float32 weights are autocast by --precision)."})
@@ -431,8 +431,8 @@ def build(args: BuildCorpusArguments):
     """Run the stages up to `args.stop_after`; returns the output folder (or the work folder)."""
     import importlib.util
 
-    if args.backend == "vllm" and importlib.util.find_spec("vllm") is None:
-        generate.VLLMGenerator(args.generator)  # raises the ImportError that says what to install, before any work
+    if args.backend in ("vllm", "llama_cpp") and importlib.util.find_spec(args.backend) is None:
+        generate.BACKENDS[args.backend](args.generator)  # raises the ImportError that says what to install, before any work
     if STAGES.index(args.stop_after) >= STAGES.index("label"):
         label.teacher_kind(args.teacher, args.teacher_kind)  # a missing teacher fails now, not after generating
     run = CorpusBuild(args)
