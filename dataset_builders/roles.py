@@ -1,6 +1,6 @@
 """Every labeled row's role, decided once: `saferoute roles` writes `{output_root}/roles/`.
 
-One seeded split of the seed pool, stratified on (source, level, label), gives each id one role:
+One seeded split of the seed pool, stratified on (source, level, label), gives each text one role:
 
 | role | who reads it | guarantee |
 | --- | --- | --- |
@@ -9,7 +9,10 @@ One seeded split of the seed pool, stratified on (source, level, label), gives e
 | validation | train-guard and distill select models on them; evaluate fits its temperature on them | never trained on |
 | student | distill trains the student on these (with the teacher's rows and the synthetic rows) | |
 
-Rows sharing an id (exact duplicates, or one prompt and response labeled twice) share a role.
+Roles go by content, not by id: ids whose rows share a normalized text (`schema.content_key`:
+NFKC, lower case, words only; the (prompt, response) pair, or the prompt of a prompt-only row) are
+one group, and a group gets one role, so the same text under two sources (two ids) never lands in
+two roles. Rows sharing an id (exact duplicates, or one text labeled twice) share a role too.
 Each stage reads its rows from the role file (`RoleTable`), samples them with a per-source mix
 (`mixed_sample`), records the roles fingerprint in its `training_info.json`, and refuses rows
 outside its roles unless forced.
@@ -29,7 +32,7 @@ import pyarrow.parquet as pq
 
 from saferoute.config import parse_args
 
-from .schema import first_row_per_id
+from .schema import content_key
 from .seed_pool import load_seed_pool
 from .splits import strata_of, stratified_indices, stratified_split
 
@@ -65,13 +68,42 @@ class RolesArguments:
             raise ValueError("--validation must be > 0: the stages select models on those rows.")
 
 
+def content_groups(pool):
+    """The ids of `pool` grouped by content: ids whose rows share a `content_key` (the normalized
+    (prompt, response) pair; a prompt-only row: its normalized prompt) are one group, transitively
+    (union-find over ids and keys). Returns (groups: lists of ids, first: the pool index of each
+    group's first row), both in pool order."""
+    parent = {}
+
+    def find(node):
+        parent.setdefault(node, node)
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    ids = pool["id"]
+    for i, prompt, response in zip(ids, pool["prompt"], pool["response"]):
+        a, b = find(("id", i)), find(("text", content_key(prompt, response)))
+        if a != b:
+            parent[b] = a
+    members, first = {}, {}
+    for k, i in enumerate(ids):
+        root = find(("id", i))
+        members.setdefault(root, {})[i] = None
+        first.setdefault(root, k)
+    return [list(m) for m in members.values()], list(first.values())
+
+
 def assign_roles(pool, args):
-    """{id: role}: one seeded split per role, each stratified on (source, level, label) over the
-    distinct ids of `pool` (the first row of each id stands for it)."""
-    unique = first_row_per_id(pool)
-    strata = strata_of(unique, STRATA)
-    ids = unique["id"]
-    remaining = list(range(len(ids)))
+    """{id: role}: one seeded split per role over the content groups of `pool` (`content_groups`),
+    each stratified on (source, level, label) of the group's first row; every id of a group gets
+    the group's role."""
+    groups, first = content_groups(pool)
+    if len(groups) < 4:
+        raise ValueError(f"The pool holds {len(groups)} distinct texts (roles go by normalized text): too few for four roles.")
+    strata = strata_of(pool.select(first), STRATA)
+    remaining = list(range(len(groups)))
     roles = {}
     share_left = 1.0
     for role in ("router", "validation", "teacher"):
@@ -80,10 +112,10 @@ def assign_roles(pool, args):
             continue
         part = share / share_left  # of what is left
         rest, taken = stratified_indices([strata[i] for i in remaining], part, seed=args.seed + ROLES.index(role))
-        roles.update({ids[remaining[j]]: role for j in taken})
+        roles.update({i: role for j in taken for i in groups[remaining[j]]})
         remaining = [remaining[j] for j in rest]
         share_left -= share
-    roles.update({ids[i]: "student" for i in remaining})
+    roles.update({i: "student" for g in remaining for i in groups[g]})
     return roles
 
 
@@ -102,7 +134,8 @@ def summary(pool, roles, args):
         key = f"{role}/{row['source']}/{row['level']}/{row['label']}"
         detail[key] = detail.get(key, 0) + 1
     return {"seed_pool": args.seed_pool, "seed": args.seed, "shares": {r: getattr(args, r) for r in ROLES[:3]},
-            "stratify": list(STRATA), "rows": len(pool), "ids": len(roles), "fingerprint": fingerprint(roles),
+            "stratify": list(STRATA), "grouped_by": "content", "rows": len(pool), "ids": len(roles),
+            "fingerprint": fingerprint(roles),
             "rows_per_role": counts, "rows_per_role_source_level_label": dict(sorted(detail.items()))}
 
 

@@ -13,6 +13,8 @@
 
 import hashlib
 import os
+import re
+import unicodedata
 from pathlib import Path
 
 from datasets import Features, Value
@@ -29,6 +31,7 @@ FEATURES = Features(
     }
 )
 DATA_DIR_ENV = "SAFEROUTE_DATA_DIR"
+WORD = re.compile(r"\w+")
 
 
 def data_dir() -> Path:
@@ -63,3 +66,21 @@ def first_row_per_id(dataset, keep=None):
         if keep is None or i in keep:
             first.setdefault(i, k)
     return dataset.select(sorted(first.values()))
+
+
+def normalize_text(text: str) -> str:
+    """Lower case, NFKC, words only: the key of exact duplicates."""
+    return " ".join(WORD.findall(unicodedata.normalize("NFKC", text).lower()))
+
+
+def content_key(prompt, response=None):
+    """The normalized text of a record: (normalized prompt, normalized response or None). A text
+    without any word (punctuation, emoji) keeps its NFKC, lower-cased, whitespace-collapsed form,
+    so such texts are not all one key."""
+
+    def norm(text):
+        if text is None:
+            return None
+        return normalize_text(text) or " ".join(unicodedata.normalize("NFKC", text).lower().split())
+
+    return norm(prompt), norm(response)

@@ -43,9 +43,9 @@ from dataset_builders.schema import guard_items
 from dataset_builders.score_store import LazyScorer, ScoreStore, cached_scores, category_columns, category_values, guard_store, model_key
 from dataset_builders.seed_pool import load_seed_pool
 from modeling_saferoute.bundled import resolve
-from modeling_saferoute.guards import GUARD_KINDS, load_guard
+from modeling_saferoute.guards import GUARD_KINDS, effective_max_length, load_guard, load_large_guard
+from modeling_saferoute.precision import precision_record, resolve_inference_precision, resolve_precision
 from modeling_saferoute.taxonomy import Taxonomy
-from modeling_saferoute.precision import precision_record, resolve_precision
 from saferoute.config import parse_args, recorded_arguments
 
 from . import categories as C
@@ -80,7 +80,7 @@ class EvaluateArguments:
     roles: str = field(default="{output_root}/roles", metadata={"help": "The role split whose validation rows --validation roles reads."})
     seed_pool: str = field(default="offline", metadata={"help": "The pool the role split was made from."})
     max_validation: Optional[int] = field(default=None, metadata={"help": "At most this many validation rows (stratified per source)."})
-    large_budget: Optional[float] = field(default=None, metadata={"help": "Report the router threshold keeping large-model usage <= this share on the validation split, and its F1."})
+    large_budget: Optional[float] = field(default=None, metadata={"help": "Choose the budget row's router threshold here, on the validation rows (usage <= this share), instead of reading the one train-router chose on its threshold split (the model's config)."})
     batch_size: int = field(default=32, metadata={"help": "Batch size of the student and of the guards (unless the model's config sets one)."})
     device: Optional[str] = field(default=None, metadata={"help": "Device (default: cuda when available, else cpu)."})
     precision: str = field(default="auto", metadata={"help": "Precision of the student, the large guard and --guard: 'auto' (bf16 where the device multiplies it natively; float32 elsewhere), 'bf16' or 'float32'."})
@@ -124,19 +124,25 @@ def student_scorer(model, batch_size, device, precision="auto", taxonomy=None):
 def guard_scorer(name_or_path, kind, batch_size, taxonomy=None, **load_kwargs):
     """P(unsafe) from `modeling_saferoute.guards.load_guard` (the one guard-scoring implementation),
     and with a `taxonomy`, the guard's category scores in it (NaN for a guard without categories)."""
+    extra = {"taxonomy": taxonomy} if taxonomy is not None else {}
+    return LazyScorer(lambda: _scoring(load_guard(name_or_path, kind, **load_kwargs, **extra), batch_size, taxonomy))
 
-    def load():
-        guard = load_guard(name_or_path, kind, **load_kwargs, **({"taxonomy": taxonomy} if taxonomy is not None else {}))
-        if taxonomy is None:
-            return lambda items: {"unsafe_score": guard.score(items, batch_size=batch_size, show_progress=True)}
 
-        def score(items):
-            unsafe, cats = guard.score(items, batch_size=batch_size, show_progress=True, return_categories=True)
-            return {"unsafe_score": unsafe, **category_values(cats, taxonomy)}
+def large_guard_scorer(reference, taxonomy=None, **overrides):
+    """The same from a large-guard reference (`guards.load_large_guard`, the one reader of it)."""
+    extra = {"taxonomy": taxonomy} if taxonomy is not None else {}
+    return LazyScorer(lambda: _scoring(load_large_guard(reference, **overrides, **extra), None, taxonomy))
 
-        return score
 
-    return LazyScorer(load)
+def _scoring(guard, batch_size, taxonomy=None):
+    if taxonomy is None:
+        return lambda items: {"unsafe_score": guard.score(items, batch_size=batch_size, show_progress=True)}
+
+    def score(items):
+        unsafe, cats = guard.score(items, batch_size=batch_size, show_progress=True, return_categories=True)
+        return {"unsafe_score": unsafe, **category_values(cats, taxonomy)}
+
+    return score
 
 
 # -- evaluation -------------------------------------------------------------------------------------
@@ -197,7 +203,9 @@ def _check(args):
 
 
 def _large_guard_reference(args, config):
-    """(name_or_path, kind, load kwargs, batch size) of the SafeRoute model's large guard."""
+    """The SafeRoute model's large-guard reference (`--large-guard` replaces the guard, `--dtype` and
+    `--max-length` its settings), every setting kept (backend and its options included), with the
+    token budget it will really score with: what the routed pipeline reads, and the cache key."""
     ref = dict(getattr(config, "large_guard", None) or {})
     if args.large_guard:
         ref = {"name_or_path": args.large_guard, "kind": args.large_guard_kind}
@@ -206,11 +214,15 @@ def _large_guard_reference(args, config):
             f"The SafeRoute model {args.model!r} has no large guard configured (config.large_guard); "
             "pass --large-guard and --large-guard-kind."
         )
-    options = dict(ref.get("options") or {})
-    if args.max_length or ref.get("max_length"):
-        options["max_length"] = args.max_length or ref["max_length"]
-    load_kwargs = {"revision": ref.get("revision"), "dtype": args.dtype or ref.get("dtype"), "device": args.device, **options}
-    return ref["name_or_path"], ref["kind"], load_kwargs, ref.get("batch_size") or args.batch_size
+    if args.max_length and ref.get("max_length") and args.max_length != ref["max_length"]:
+        logger.warning("--max-length %d replaces the large-guard reference's %d: the large guard is scored unlike the "
+                       "routed pipeline (and the router's labels).", args.max_length, ref["max_length"])
+    for key, value in (("dtype", args.dtype), ("max_length", args.max_length)):
+        if value:
+            ref[key] = value
+    max_length = ref.get("max_length") or (ref.get("options") or {}).get("max_length")
+    ref["max_length"] = effective_max_length(ref["name_or_path"], max_length, ref.get("revision"), ref.get("backend", "transformers"))
+    return ref
 
 
 def _validation_split(args):
@@ -247,10 +259,11 @@ class _Run:
 
 def _evaluate_guard(args, datasets, run):
     """Guard mode: one guard's scores on every benchmark. Returns (models, metrics, scored)."""
+    max_length = effective_max_length(args.guard, args.max_length, args.guard_revision)  # what it scores with, in the key
     cache = guard_store(_store_root(args), args.guard, args.guard_kind, args.precision, _device(args), args.recompute,
-                        revision=args.guard_revision, dtype=args.dtype, max_length=args.max_length)
+                        revision=args.guard_revision, dtype=args.dtype, max_length=max_length)
     scorer = guard_scorer(args.guard, args.guard_kind, args.batch_size, revision=args.guard_revision,
-                          dtype=args.dtype, device=args.device, max_length=args.max_length, autocast_dtype=args.precision)
+                          dtype=args.dtype, device=args.device, max_length=max_length, autocast_dtype=args.precision)
     for name, ds in datasets.items():
         scores = cached_scores(cache, scorer, guard_items(ds), name)
         labels = np.asarray(ds["label"])
@@ -265,18 +278,21 @@ def _evaluate_guard(args, datasets, run):
 
 def _evaluate_saferoute(args, datasets, run, settings):
     """SafeRoute mode: the student + router and the large guard on every benchmark, every method of
-    the registry. Returns (models, metrics, scored, validation)."""
+    the registry, the three SafeRoute threshold rows among them. Returns (models, metrics, scored)."""
     output = Path(args.output_dir)
     config = AutoConfig.from_pretrained(resolve(args.model), trust_remote_code=True)
     router_threshold = config.router_threshold if args.router_threshold is None else args.router_threshold
-    large_name, large_kind, large_kwargs, large_batch = _large_guard_reference(args, config)
+    thresholds = {"fixed": 0.5, **(getattr(config, "router_thresholds", None) or {})}
+    choice = getattr(config, "router_threshold_choice", None) if args.router_threshold is None else "--router_threshold"
+    large_ref = _large_guard_reference(args, config)
     s_key, s_info = model_key("saferoute", args.model, "saferoute", max_length=getattr(config, "max_input_length", None),
-                              precision=_ran(args))
+                              precision=resolve_inference_precision(args.precision, _device(args), warn=False))  # the student may run in int8
     s_cache = ScoreStore(_store_root(args), s_key, s_info, STUDENT_COLUMNS, args.recompute)
-    l_cache = guard_store(_store_root(args), large_name, large_kind, args.precision, _device(args), args.recompute,
-                          **{k: v for k, v in large_kwargs.items() if k != "device"})
+    l_cache = guard_store(_store_root(args), large_ref["name_or_path"], large_ref["kind"], args.precision, _device(args), args.recompute,
+                          **_large_settings(large_ref))
     s_scorer = student_scorer(args.model, args.batch_size, args.device, args.precision)
-    l_scorer = guard_scorer(large_name, large_kind, large_batch, autocast_dtype=args.precision, **large_kwargs)
+    l_scorer = large_guard_scorer(large_ref, device=args.device, autocast_dtype=args.precision,
+                                  batch_size=None if large_ref.get("batch_size") else args.batch_size)
     temperature, validation = 1.0, None
     if args.validation != "none":
         val = _validation_split(args)
@@ -284,7 +300,11 @@ def _evaluate_saferoute(args, datasets, run, settings):
         with M.collect_warnings(run.warnings, "validation/temperature"):
             temperature = M.fit_temperature(val["label"], v["student_unsafe_score"])
         validation = {"labels": np.asarray(val["label"]), "router": v["router_score"].to_numpy()}
-    settings.update(router_threshold=router_threshold, entropy_threshold=args.entropy_threshold,
+    if args.large_budget is not None:
+        thresholds["budget"] = M.budget_threshold(validation["router"], args.large_budget)
+    settings.update(router_threshold=router_threshold, router_threshold_choice=choice, router_thresholds=thresholds,
+                    router_thresholds_from="model" if args.large_budget is None else f"model; budget {args.large_budget} on the validation rows",
+                    entropy_threshold=args.entropy_threshold,
                     entropy_unit=M.ENTROPY_UNIT, temperature=temperature, random_seeds=args.random_seeds,
                     validation=args.validation if validation is not None else None,
                     validation_examples=len(validation["labels"]) if validation is not None else 0)
@@ -293,7 +313,7 @@ def _evaluate_saferoute(args, datasets, run, settings):
         lg = cached_scores(l_cache, l_scorer, guard_items(ds), name)
         inputs = RoutingInputs(np.asarray(ds["label"]), s["student_unsafe_score"].to_numpy(), lg["unsafe_score"].to_numpy(),
                                s["router_score"].to_numpy(), router_threshold, args.threshold, args.entropy_threshold,
-                               temperature, args.random_seeds)
+                               temperature, args.random_seeds, thresholds, name=name)
         results = evaluate_methods(inputs, sink=run.warnings, where=f"{name}/")
         run.per_method[name] = results
         routed = routed_mask("saferoute", inputs)
@@ -316,7 +336,7 @@ def _evaluate_saferoute(args, datasets, run, settings):
     if len(datasets) > 1:
         _average_curves(run.curves, list(datasets))
     models = {"saferoute": s_info, "large_guard": l_cache.info}
-    return models, list(M.METRICS), {"student": s_cache.scored, "large_guard": l_cache.scored}, validation
+    return models, list(M.METRICS), {"student": s_cache.scored, "large_guard": l_cache.scored}
 
 
 # -- harm categories ------------------------------------------------------------------------------------
@@ -352,21 +372,25 @@ def _category_run(args, taxonomy, thresholds, stores, router_threshold=None, war
     return C.report_section(rows, labeled, taxonomy, result, thresholds, args.threshold, routed_share), frame
 
 
+def _large_settings(reference):
+    """A large-guard reference's scoring settings (options and the rest, name and kind aside): its score-store key."""
+    return {**(reference.get("options") or {}), **{k: v for k, v in reference.items() if k not in ("name_or_path", "kind", "options")}}
+
+
 def _saferoute_categories(args, config, large, router_threshold, warnings):
     """Per-category evaluation of a SafeRoute model with a category head (student, large guard, SafeRoute)."""
     if not args.categories or not getattr(config, "taxonomy", None):
         return None, None
     taxonomy = Taxonomy.load(config.taxonomy)
-    large_name, large_kind, large_kwargs, large_batch = large
     s_key, s_info = model_key("saferoute-categories", args.model, "saferoute", max_length=getattr(config, "max_input_length", None),
-                              precision=_ran(args), taxonomy=taxonomy.name)
+                              precision=resolve_inference_precision(args.precision, _device(args), warn=False), taxonomy=taxonomy.name)
     stores = {
         "student": (ScoreStore(_store_root(args), s_key, s_info, (*STUDENT_COLUMNS, *category_columns(taxonomy)), args.recompute),
                     student_scorer(args.model, args.batch_size, args.device, args.precision, taxonomy)),
-        "large_guard": (guard_store(_store_root(args), large_name, large_kind, args.precision, _device(args), args.recompute,
-                                    taxonomy=taxonomy, **{k: v for k, v in large_kwargs.items() if k != "device"}),
-                        guard_scorer(large_name, large_kind, large_batch, taxonomy=taxonomy, autocast_dtype=args.precision,
-                                     **large_kwargs)),
+        "large_guard": (guard_store(_store_root(args), large["name_or_path"], large["kind"], args.precision, _device(args), args.recompute,
+                                    taxonomy=taxonomy, **_large_settings(large)),
+                        large_guard_scorer(large, taxonomy=taxonomy, device=args.device, autocast_dtype=args.precision,
+                                           batch_size=None if large.get("batch_size") else args.batch_size)),
     }
     return _category_run(args, taxonomy, config.category_thresholds, stores, router_threshold, warnings)
 
@@ -413,15 +437,15 @@ def run_evaluation(args: EvaluateArguments):
     datasets = load_benchmarks(names, args.benchmark_source, args.max_per_benchmark, args.seed)
     settings = {"benchmarks": names, "benchmark_source": args.benchmark_source, "max_per_benchmark": args.max_per_benchmark,
                 "seed": args.seed, "threshold": args.threshold, "precision": precision_record(args.precision, _device(args))}
-    run, validation = _Run(), None
+    run = _Run()
     if args.guard:
         models, metrics, scored = _evaluate_guard(args, datasets, run)
         categories, category_frame = _guard_categories(args, run.warnings)
     else:
-        models, metrics, scored, validation = _evaluate_saferoute(args, datasets, run, settings)
+        models, metrics, scored = _evaluate_saferoute(args, datasets, run, settings)
         config = AutoConfig.from_pretrained(resolve(args.model), trust_remote_code=True)
-        large = _large_guard_reference(args, config)
-        categories, category_frame = _saferoute_categories(args, config, large, settings["router_threshold"], run.warnings)
+        categories, category_frame = _saferoute_categories(args, config, _large_guard_reference(args, config),
+                                                           settings["router_threshold"], run.warnings)
     methods = list(next(iter(run.per_method.values())))
     report = {
         "mode": "guard" if args.guard else "saferoute",
@@ -439,29 +463,12 @@ def run_evaluation(args: EvaluateArguments):
         "warnings": run.warnings,
         "categories": categories,
     }
-    if args.large_budget is not None:
-        with M.collect_warnings(run.warnings, "budget"):
-            report["budget"] = _budget(args.large_budget, validation, run.frames, args.threshold)
     _write_outputs(output, report, pd.concat(run.frames.values(), ignore_index=True), run.curves, args.plots, category_frame)
     if args.model and args.model_card and (Path(args.model) / "config.json").is_file():
         from model_cards import render_model_card
 
         render_model_card(args.model, report=report).save(Path(args.model) / "README.md")
     return report
-
-
-def _budget(budget, validation, frames, threshold):
-    """The router threshold keeping usage <= `budget` on the validation split, and its F1 per benchmark."""
-    router_threshold = M.budget_threshold(validation["router"], budget)
-    out = {"budget": budget, "router_threshold": router_threshold,
-           "validation_usage": float((validation["router"] > router_threshold).mean()),
-           "validation_examples": int(len(validation["router"])), "benchmarks": {}}
-    for name, f in frames.items():
-        routed = f["router_score"].to_numpy() > router_threshold
-        m = M.routing_metrics(f["label"], f["student_unsafe_score"], f["large_unsafe_score"], routed, threshold)
-        out["benchmarks"][name] = {"f1": m["f1"], "large_usage": m["large_usage"]}
-    out["average"] = {k: float(np.mean([b[k] for b in out["benchmarks"].values()])) for k in ("f1", "large_usage")}
-    return out
 
 
 def evaluate_saferoute(model, **settings):

@@ -9,14 +9,22 @@ To add a baseline, add one `RoutingMethod` here.
 | --- | --- | --- |
 | student | never | both papers |
 | large | always | both papers |
-| saferoute | router score > router threshold | SafeRoute |
+| saferoute | router score > router threshold (the packaged model's, or evaluate's --router-threshold) | SafeRoute |
+| saferoute_fixed | router score > the fixed threshold (0.5 by default, SafeRoute's code) | SafeRoute |
+| saferoute_best_f1 | router score > the threshold of the best routed F1 on the threshold split | this project |
+| saferoute_budget | router score > the threshold keeping the threshold split's usage within the budget | this project |
 | random_same_usage | a seeded random subset as large as SafeRoute's (mean, std over seeds) | this project: the fair random row |
 | random_p50 | each input with probability 0.5, seeded (mean, std over seeds) | SafeRoute's official random baseline |
 | entropy | binary entropy of the student's P(unsafe), in bits, > entropy threshold (0.5) | SafeRoute |
 | temperature | the same on the temperature-scaled P(unsafe); items not routed keep the scaled P | SafeRoute (official code) |
 | oracle | the student is wrong and the large guard right (true labels) | SafeRoute |
+
+The three threshold rows read `RoutingInputs.router_thresholds` (chosen by train-router on rows
+that chose nothing else, `router_thresholds`); a row whose threshold is absent is not computed.
+Random masks are seeded per set: seed k of benchmark B is `metrics.random_seed(B, k)`.
 """
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -38,6 +46,8 @@ class RoutingInputs:
     entropy_threshold: float = 0.5
     temperature: float = 1.0
     random_seeds: int = 5
+    router_thresholds: dict = field(default_factory=dict)  # {"fixed", "best_f1", "budget"}: the threshold rows
+    name: str = ""  # the set's name (a benchmark): the random masks' seeds derive from it
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels, dtype=int)
@@ -50,9 +60,10 @@ class RoutingInputs:
 class RoutingMethod:
     """One routing method.
 
-    route(inputs, seed) -> boolean mask (seed is None unless `seeded`); final(inputs, mask) -> the
-    system's P(unsafe) (default: large where routed, student elsewhere); sweep(inputs) -> (values,
-    thresholds) whose `values > threshold` masks trace the F1-vs-usage curve.
+    route(inputs, seed) -> boolean mask (seed is None unless `seeded`; then it is
+    `metrics.random_seed(inputs.name, k)`); final(inputs, mask) -> the system's P(unsafe) (default:
+    large where routed, student elsewhere); sweep(inputs) -> (values, thresholds) whose
+    `values > threshold` masks trace the F1-vs-usage curve.
     """
 
     name: str
@@ -65,10 +76,22 @@ class RoutingMethod:
     final: Optional[Callable] = None
     sweep: Optional[Callable] = None
     marker: Optional[str] = field(default=None)  # how the plots mark its operating point
+    threshold_key: Optional[str] = None  # the key of `RoutingInputs.router_thresholds` it routes with
+
+
+ROUTER_THRESHOLDS = {
+    "fixed": "the fixed threshold (train-router's --router_threshold: 0.5, SafeRoute's code, by default)",
+    "best_f1": "the best routed F1 on the threshold split",
+    "budget": "the largest usage within the large-guard budget on the threshold split",
+}
 
 
 def _temperature_final(x, mask):
     return M.routed_scores(M.temperature_scale(x.student, x.temperature), x.large, mask)
+
+
+def _threshold_route(key):
+    return lambda x, s: x.router > x.router_thresholds[key]
 
 
 def _entropy_sweep(temperature):
@@ -83,6 +106,12 @@ METHODS = {
         RoutingMethod("saferoute", "SafeRoute", "tab:green", lambda x, s: x.router > x.router_threshold,
                       "router score > router threshold", needs_router=True,
                       sweep=lambda x: (x.router, np.linspace(1.0, 0.0, 101)), marker="o"),
+        *(RoutingMethod(f"saferoute_{key}", f"SafeRoute, {title} threshold", color, _threshold_route(key),
+                        f"router score > {rule}", needs_router=True, threshold_key=key)
+          for key, title, color, rule in (
+              ("fixed", "fixed", "yellowgreen", ROUTER_THRESHOLDS["fixed"]),
+              ("best_f1", "best-F1", "darkgreen", ROUTER_THRESHOLDS["best_f1"]),
+              ("budget", "budget", "mediumseagreen", ROUTER_THRESHOLDS["budget"]))),
         RoutingMethod("random_same_usage", "random, same usage as SafeRoute", "tab:gray",
                       lambda x, s: M.random_mask(len(x.labels), s, n_routed=int((x.router > x.router_threshold).sum())),
                       "a seeded random subset as large as SafeRoute's", seeded=True, needs_router=True),
@@ -108,7 +137,8 @@ def method_titles(names=None):
 
 def applicable(inputs):
     """The methods that `inputs` can run (those reading a router need router scores)."""
-    return [m for m in METHODS.values() if inputs.router is not None or not m.needs_router]
+    return [m for m in METHODS.values() if (inputs.router is not None or not m.needs_router)
+            and (m.threshold_key is None or m.threshold_key in inputs.router_thresholds)]
 
 
 def _metrics(method, inputs, mask):
@@ -124,7 +154,7 @@ def evaluate_methods(inputs: RoutingInputs, sink=None, where=""):
     for method in applicable(inputs):
         with M.collect_warnings(sink, f"{where}{method.name}"):
             if method.seeded:
-                runs = [_metrics(method, inputs, method.route(inputs, seed)) for seed in range(inputs.random_seeds)]
+                runs = [_metrics(method, inputs, method.route(inputs, M.random_seed(inputs.name, k))) for k in range(inputs.random_seeds)]
                 results[method.name] = {k: float(np.mean([r[k] for r in runs])) for k in M.METRICS}
                 results[method.name]["std"] = {k: float(np.std([r[k] for r in runs])) for k in M.METRICS}
                 results[method.name]["per_seed"] = {k: [r[k] for r in runs] for k in M.METRICS}
@@ -150,13 +180,9 @@ def final_scores(name, inputs):
 def usage_sweeps(inputs, usages=np.linspace(0.0, 1.0, 21)):
     """F1 against large-guard usage: each method with a sweep as its threshold moves, and random
     routing (same-usage rule) at evenly spaced usages (mean over seeds)."""
-    import warnings
-
-    from sklearn.metrics import f1_score
-
     def point(method, mask):
         final = method.final(inputs, mask) if method.final else M.routed_scores(inputs.student, inputs.large, mask)
-        return float(mask.mean()), float(f1_score(inputs.labels, (final > inputs.threshold).astype(int), zero_division=0))
+        return float(mask.mean()), M.f1(inputs.labels, final, inputs.threshold)
 
     curves = {}
     with warnings.catch_warnings():
@@ -170,24 +196,31 @@ def usage_sweeps(inputs, usages=np.linspace(0.0, 1.0, 21)):
         n = len(inputs.labels)
         plain = METHODS["student"]
         curves["random"] = {"usage": list(map(float, usages)), "f1": [
-            float(np.mean([point(plain, M.random_mask(n, seed, n_routed=round(u * n)))[1] for seed in range(inputs.random_seeds)]))
+            float(np.mean([point(plain, M.random_mask(n, M.random_seed(inputs.name, k), n_routed=round(u * n)))[1]
+                           for k in range(inputs.random_seeds)]))
             for u in usages]}
     return curves
 
 
-def choose_router_threshold(router_scores, student, large, labels, large_budget=None, threshold=0.5):
-    """The SafeRoute routing threshold chosen on validation scores: the highest usage within
-    `large_budget` (`metrics.budget_threshold`), else the best F1 of the routed system (ties: the
-    higher threshold, i.e. less routing) over 201 quantiles of the scores and 0.5."""
+def best_f1_threshold(router_scores, student, large, labels, threshold=0.5):
+    """The router threshold of the best F1 of the routed system on these scores (ties: the higher
+    threshold, i.e. less routing), over 201 quantiles of the scores and 0.5."""
     scores = np.asarray(router_scores, dtype=float)
-    if large_budget is not None:
-        return M.budget_threshold(scores, large_budget)
-    inputs = RoutingInputs(labels, student, large, scores, threshold=threshold)
     candidates = np.unique(np.concatenate([np.quantile(scores, np.linspace(0, 1, 201)), [0.5, 1.0]]))
 
     def system_f1(c):
-        inputs.router_threshold = float(c)
-        with M.collect_warnings([], "threshold"):
-            return _metrics(METHODS["saferoute"], inputs, routed_mask("saferoute", inputs))["f1"]
+        return M.f1(labels, M.routed_scores(student, large, scores > c), threshold)
 
     return float(max(candidates, key=lambda c: (system_f1(c), c)))
+
+
+def router_thresholds(router_scores, student, large, labels, fixed=0.5, large_budget=None, threshold=0.5):
+    """{"fixed": fixed, "best_f1": ..., "budget": ... (with `large_budget`)}: the thresholds of the
+    report's three SafeRoute rows, chosen on these scores. Pass scores of rows that chose nothing
+    else (not the rows that chose the router's checkpoint), or the choice is optimistic."""
+    out = {"fixed": float(fixed)}
+    if router_scores is not None and len(router_scores):
+        out["best_f1"] = best_f1_threshold(router_scores, student, large, labels, threshold)
+        if large_budget is not None:
+            out["budget"] = M.budget_threshold(router_scores, large_budget)
+    return out

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import warnings
+import zlib
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -46,6 +47,11 @@ def collect_warnings(sink, where):
         if message not in sink:
             sink.append(message)
             logger.warning(message)
+
+
+def f1(labels, scores, threshold=0.5):
+    """F1 of `scores > threshold` (0 without a warning where undefined: for searches over thresholds)."""
+    return float(f1_score(np.asarray(labels, dtype=int), (np.asarray(scores, dtype=float) > threshold).astype(int), zero_division=0))
 
 
 def classification_metrics(labels, scores, threshold=0.5):
@@ -134,8 +140,15 @@ def budget_threshold(router_scores, budget):
     return float(scores[k])
 
 
+def random_seed(name, k):
+    """The seed of the k-th random mask of the set `name` (a benchmark): derived from the name
+    (its CRC32) and k, so sets of equal size get different masks and the spread over seeds is real."""
+    return [zlib.crc32(str(name).encode()), int(k)]
+
+
 def random_mask(n, seed, n_routed=None, p=None):
-    """A seeded boolean routing mask over `n` inputs: exactly `n_routed` of them, or each with probability `p`."""
+    """A seeded boolean routing mask over `n` inputs: exactly `n_routed` of them, or each with
+    probability `p`. `seed`: anything `numpy.random.default_rng` takes (`random_seed(name, k)`)."""
     rng = np.random.default_rng(seed)
     if p is not None:
         return rng.random(n) < p

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from dataset_builders.benchmarks import BENCHMARKS  # noqa: E402
 
-from .methods import METHODS  # noqa: E402
+from .methods import METHODS, ROUTER_THRESHOLDS  # noqa: E402
 
 TITLES = {
     "f1": "F1 (threshold {threshold})",
@@ -86,24 +86,7 @@ def markdown_report(report):
             "per-example costs; the average column is total examples / total seconds."
         )
         out.append("")
-    budget = report.get("budget")
-    if budget:
-        out += [
-            f"## Large-model budget {budget['budget']:.0%}",
-            "",
-            f"Router threshold {budget['router_threshold']:.6f} keeps usage at {budget['validation_usage']:.4f} "
-            f"on the validation split ({budget['validation_examples']} examples).",
-            "",
-            _table(
-                ["", *header[1:]],
-                [
-                    ["F1"] + [_fmt(budget["benchmarks"][n]["f1"]) for n in names] + [_fmt(budget["average"]["f1"])],
-                    ["usage"] + [_fmt(budget["benchmarks"][n]["large_usage"]) for n in names]
-                    + [_fmt(budget["average"]["large_usage"])],
-                ],
-            ),
-            "",
-        ]
+    out += threshold_rows(report)
     if report.get("categories"):
         out += category_markdown(report["categories"])
     if report.get("warnings"):
@@ -145,6 +128,27 @@ def category_markdown(categories):
         rows = [[name, str(t["rows"])] + [_fmt(t["share"][p]) for p in labeled + ["other", "none"]] for name, t in table.items()]
         out += [_table(["labeled", "rows"] + labeled + ["other", "none"], rows), ""]
     return out
+
+
+def threshold_rows(report):
+    """The "SafeRoute routing thresholds" section: each threshold row's value, how it was chosen, its
+    average F1, usage and routing F1, and which one the model routes with by default."""
+    thresholds = report["settings"].get("router_thresholds") or {}
+    average = report["average"]["methods"]
+    rows = []
+    for key, rule in ROUTER_THRESHOLDS.items():
+        m = average.get(f"saferoute_{key}")
+        if key not in thresholds or m is None:
+            continue
+        default = "yes" if report["settings"].get("router_threshold_choice") == key else ""
+        rows.append([key, f"{thresholds[key]:.4f}", rule, _fmt(m["f1"]), _fmt(m["large_usage"]), _fmt(m["routing_f1"]), default])
+    if not rows:
+        return []
+    used = report["settings"].get("router_threshold")
+    return ["## SafeRoute routing thresholds", "",
+            f"The model routes with {report['settings'].get('router_threshold_choice') or 'its own threshold'} "
+            f"({_fmt(used)}); averages over the benchmarks.", "",
+            _table(["threshold", "value", "chosen as", "avg F1", "avg usage", "avg routing F1", "default"], rows), ""]
 
 
 def _grid(count):

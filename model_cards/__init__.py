@@ -13,7 +13,8 @@ from pathlib import Path
 from huggingface_hub import ModelCard, ModelCardData
 
 TEMPLATES = Path(__file__).parent
-CARD_METHODS = ("student", "large", "saferoute", "random_same_usage", "random_p50", "entropy", "temperature", "oracle")
+CARD_METHODS = ("student", "large", "saferoute", "saferoute_fixed", "saferoute_best_f1", "saferoute_budget", "random_same_usage",
+                "random_p50", "entropy", "temperature", "oracle")
 CARD_METRICS = (("f1", "F1 (threshold 0.5)"), ("auprc", "AUPRC"), ("large_usage", "share sent to the large guard"))
 
 

@@ -9,6 +9,7 @@ from .guards import GUARD_KINDS, load_guard
 from .modeling_saferoute import SafeRouteForSequenceClassification, SafeRouteOutput
 from .pipeline_saferoute import SafeRoutePipeline
 from .taxonomy import Taxonomy
+from .streaming import ResponseStream, StreamClosedError
 
 REMOTE_CODE_FILES = (
     "configuration_saferoute.py",
@@ -19,6 +20,8 @@ REMOTE_CODE_FILES = (
     "inputs.py",
     "bundled.py",
     "precision.py",
+    "quantization.py",
+    "streaming.py",
     "taxonomy.py",
     "categories.py",
 )
@@ -35,7 +38,9 @@ __all__ = [
     "SafeRouteConfig",
     "SafeRouteForSequenceClassification",
     "SafeRouteOutput",
+    "ResponseStream",
     "SafeRoutePipeline",
     "Taxonomy",
+    "StreamClosedError",
     "load_guard",
 ]

@@ -19,6 +19,7 @@ Items are any guard input form (see `inputs.normalize_input`): a causal-LM guard
 conversation through its chat template, a sequence classifier the pair encoding of its last turns.
 """
 
+import logging
 import math
 import re
 
@@ -27,10 +28,13 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from .bundled import resolve
 from .categories import category_probabilities, hook_classification_layer, load_category_head
-from .inputs import CHARS_PER_TOKEN_CAP, encode_pairs, length_sorted_batches, normalize_batch, tokenizer_lock, turns_of
+from .inputs import CHARS_PER_TOKEN_CAP, encode_pairs, length_sorted_batches, normalize_batch, position_limit, tokenizer_lock, turns_of
 from .modeling_saferoute import capturing_features
 from .precision import autocast_context, resolve_autocast
 from .taxonomy import Taxonomy
+
+logger = logging.getLogger(__name__)
+DEFAULT_MAX_LENGTH = 2048  # a causal-LM guard's token budget when none is given (within its positions)
 
 CUT_MARKER = " [...] "  # stands where the middle of an over-long message was cut
 POLICY_BLOCK = re.compile(r"(<BEGIN UNSAFE CONTENT CATEGORIES>\n)(.*?)(\n<END UNSAFE CONTENT CATEGORIES>)", re.S)
@@ -58,6 +62,15 @@ def resolve_device(device):
     return torch.device(device)
 
 
+def within_positions(max_length, limit, what="the guard"):
+    """`max_length` within `limit` positions (None: no limit): a budget above them is cut to them,
+    with a warning, so that what is recorded beside the scores is what they were made with."""
+    if limit and max_length and max_length > limit:
+        logger.warning("max_length %d is above the %d positions of %s: it scores with %d.", max_length, limit, what, limit)
+        return limit
+    return max_length
+
+
 def _progress(iterable, show, desc, total):
     if not show:
         return iterable
@@ -71,7 +84,7 @@ class Guard:
     device multiplies bf16 natively (`autocast_dtype="auto"`; "none" for float32); subclasses
     score one batch."""
 
-    def __init__(self, model, tokenizer, batch_size=16, max_length=2048, temperature=1.0, autocast_dtype="auto", taxonomy=None):
+    def __init__(self, model, tokenizer, batch_size=16, max_length=None, temperature=1.0, autocast_dtype="auto", taxonomy=None):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
         self.model = model.eval() if model is not None else None  # None: the model runs elsewhere (vLLM, a server)
@@ -87,6 +100,18 @@ class Guard:
     @property
     def device(self):
         return next(self.model.parameters()).device if self.model is not None else torch.device("cpu")
+
+    def close(self):
+        """Release what runs beside this process (a vLLM engine, a server connection); idempotent."""
+        close = getattr(getattr(self, "verdicts", None), "close", None)
+        if callable(close):
+            close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     @property
     def autocast(self):
@@ -146,9 +171,11 @@ class SequenceClassificationGuard(Guard):
 
     def __init__(self, model, tokenizer, category_head=None, taxonomy=None, **kwargs):
         super().__init__(model, tokenizer, **kwargs)
-        # never encode past the encoder's position limit (e.g. 512 for MiniLM / MPNet)
-        limits = [getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length]
-        self.max_length = min([self.max_length] + [x for x in limits if x and x < 1_000_000])
+        # default: the tokenizer's budget (train-guard records the trained length there); never past
+        # the encoder's positions (e.g. 512 for MiniLM, MPNet, RoBERTa)
+        limit = position_limit(model.config)
+        default = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else limit or 512
+        self.max_length = within_positions(self.max_length or default, limit, getattr(model.config, "_name_or_path", "the guard"))
         self.category_head = None
         if category_head is not None:
             head, own, _ = category_head
@@ -225,9 +252,9 @@ class CausalLMGuard(Guard):
         self.verdicts = verdicts or self._transformers_verdicts
         if tokenizer.chat_template is None:
             raise ValueError(f"Causal-LM guard {tokenizer.name_or_path!r} has no chat template in its tokenizer.")
-        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) if model is not None else None
-        if limit and limit < self.max_length:
-            self.max_length = limit
+        limit = position_limit(model.config) if model is not None else None
+        self.max_length = within_positions(self.max_length or min(DEFAULT_MAX_LENGTH, limit or DEFAULT_MAX_LENGTH), limit,
+                                           getattr(getattr(model, "config", None), "_name_or_path", "the guard"))
         safe_word, unsafe_word = verdict_words
         self.verdict_ids = []
         for word in (safe_word, unsafe_word):
@@ -441,14 +468,34 @@ GUARD_KINDS = {
 BACKENDS = ("transformers", "vllm", "openai_compatible")
 
 
-def _position_limit(path, revision=None, trust_remote_code=False):
-    """The model's max_position_embeddings from its config, or None when the config is not at hand."""
+def served_positions(path, revision=None, trust_remote_code=False):
+    """The positions a guard run outside this process can fill with its prompt (its `position_limit`
+    less the verdict token), or None when its config is not at hand (the server enforces its own)."""
     from transformers import AutoConfig
 
     try:
-        return getattr(AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code), "max_position_embeddings", None)
-    except Exception:  # a served model whose config is not available here: the server enforces its own limit
+        limit = position_limit(AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code))
+    except Exception:  # a served model whose config is not available here
         return None
+    return limit - 1 if limit else None
+
+
+def effective_max_length(name_or_path, max_length, revision=None, backend="transformers", trust_remote_code=False):
+    """The token budget a guard loaded with `max_length` scores with (None when not given: the
+    adapter's default): within its positions, as `load_guard` and the adapters fit it. Read from
+    the config alone, so a score cache can be keyed by it before any weights load."""
+    if not max_length:
+        return None
+    path = resolve(name_or_path)
+    if backend != "transformers":
+        return within_positions(max_length, served_positions(path, revision, trust_remote_code), name_or_path)
+    from transformers import AutoConfig
+
+    try:
+        limit = position_limit(AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code))
+    except Exception:
+        return max_length
+    return min(max_length, limit) if limit else max_length
 
 
 def load_guard(name_or_path, kind, revision=None, dtype=None, device=None, trust_remote_code=False, backend="transformers",
@@ -458,11 +505,13 @@ def load_guard(name_or_path, kind, revision=None, dtype=None, device=None, trust
     `backend`: where a causal-LM guard runs: "transformers" (this process), "vllm" (in-process
     vLLM; `backend_options` go to `vllm.LLM`) or "openai_compatible" (a served model:
     `backend_options` base_url, served_model (default the name), api_key_env, timeout, max_retries,
-    concurrency, request_batch). The guard is rendered and fitted by this adapter whatever the
-    backend; remote backends load its tokenizer only. `options` go to the adapter (`batch_size`,
-    `max_length`, `temperature`, `verdict_words`, `taxonomy`...). A sequence classifier's category head
-    (`category_head.json` beside its weights) is loaded with it. Raises `ValueError` for an unknown
-    kind or backend or bad adapter options, and `OSError` naming the model when loading fails.
+    backoff, budget (seconds for one call, retries included), cooldown, concurrency, request_batch).
+    The guard is rendered and fitted by this adapter whatever the backend; remote backends load its
+    tokenizer only. `options` go to the adapter (`batch_size`, `max_length`, `temperature`,
+    `verdict_words`, `taxonomy`...). A sequence classifier's category head (`category_head.json`
+    beside its weights) is loaded with it. Raises `ValueError` for an unknown kind or backend or bad
+    adapter options, and `OSError` naming the model when loading fails. `guard.close()` (or a `with`
+    block) releases a vLLM engine.
     """
     if kind not in GUARD_KINDS:
         raise ValueError(f"Unknown guard kind {kind!r}; choose one of {sorted(GUARD_KINDS)}.")
@@ -487,12 +536,28 @@ def load_guard(name_or_path, kind, revision=None, dtype=None, device=None, trust
         return adapter_cls(model.to(resolve_device(device)), tokenizer, **options)
     from .guard_backends import ServedVerdicts, VLLMVerdicts
 
-    limit = _position_limit(path, revision, trust_remote_code)
+    limit = served_positions(path, revision, trust_remote_code)
     if limit:  # the adapter fits its prompts within the served model's positions too
-        options["max_length"] = min(options.get("max_length", limit - 1), limit - 1)
+        options["max_length"] = within_positions(options.get("max_length") or min(DEFAULT_MAX_LENGTH, limit), limit, name_or_path)
     if backend == "vllm":
-        max_model_len = backend_options.pop("max_model_len", (options.get("max_length") or 2048) + 1)  # + the verdict token
+        max_model_len = backend_options.pop("max_model_len", (options.get("max_length") or DEFAULT_MAX_LENGTH) + 1)  # + the verdict token
         verdicts = VLLMVerdicts(path, dtype=dtype or "auto", max_model_len=max_model_len, **backend_options)
     else:
         verdicts = ServedVerdicts(model=backend_options.pop("served_model", name_or_path), **backend_options)
     return adapter_cls(None, tokenizer, verdicts=verdicts, **options)
+
+
+def load_large_guard(reference, **overrides):
+    """The guard of a large-guard reference (`SafeRouteConfig.large_guard`: name_or_path, kind,
+    revision, dtype, max_length, batch_size, backend, backend_options, options), the one reader of
+    it for the pipeline and evaluation alike; `overrides` that are not None (device, autocast_dtype,
+    max_length...) replace its settings."""
+    ref = dict(reference or {})
+    name, kind = ref.pop("name_or_path", None), ref.pop("kind", None)
+    if not name or not kind:
+        raise ValueError("The large-guard reference needs name_or_path and kind.")
+    settings = {**dict(ref.pop("options", None) or {}), **{k: v for k, v in ref.items() if v is not None}}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    if settings.get("backend", "transformers") != "transformers":
+        settings.pop("device", None)  # it runs elsewhere
+    return load_guard(name, kind, **settings)

@@ -14,6 +14,10 @@ A guard input is normalized to `{"prompt": str, "response": str | None, "context
   context turns that fit its token budget, most recent first, before the prompt
   (`encode_pairs`). `judged_turn` is the index of the judged message (in the messages given).
 
+A normalized item may also carry `student_view`: another normalized item that the student reads in
+its place (a stream's latest window of the response, `streaming.py`) while the large guard reads
+the item itself (the prompt and the whole response so far).
+
 Text that cannot be encoded (lone UTF-16 surrogates, which valid JSON can carry) is repaired by
 replacing each with U+FFFD, and the item is marked `repaired`. Anything else that is not a valid
 input raises `ValueError` naming the problem (and the message index within a conversation).
@@ -32,6 +36,7 @@ SURROGATE = re.compile("[\ud800-\udfff]")
 # that a 1,000,000-character input costs no more than a long one.
 CHARS_PER_TOKEN_CAP = 32
 CONTEXT_NAMES = {"user": "User", "assistant": "Assistant"}
+NORMALIZED_KEYS = frozenset({"prompt", "response", "context", "judged_turn", "repaired"})
 
 
 def is_conversation(value) -> bool:
@@ -41,7 +46,7 @@ def is_conversation(value) -> bool:
     return isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(m, dict) and "role" in m for m in value)
 
 
-def _repair(text):
+def repair_text(text):
     """(text with lone surrogates replaced by U+FFFD, whether anything was replaced)."""
     if SURROGATE.search(text):
         return SURROGATE.sub("\ufffd", text), True
@@ -53,7 +58,7 @@ def _text(value, what):
         raise ValueError(f"Guard input {what} is bytes; decode it to str first.")
     if not isinstance(value, str):
         raise ValueError(f"Guard input {what} must be a str, got {type(value).__name__}.")
-    return _repair(value)
+    return repair_text(value)
 
 
 def _conversation(messages):
@@ -92,15 +97,56 @@ def _conversation(messages):
     return prompt, response, tuple((role, text) for _, role, text in context), judged, repaired
 
 
+def _normalized(item, view=False):
+    """An item given in the normalized form itself (with its `student_view`, if any), checked as
+    thoroughly as any other form."""
+    keys = set(item)
+    if not NORMALIZED_KEYS <= keys or keys - NORMALIZED_KEYS - ({"student_view"} if not view else set()):
+        raise ValueError(f"Guard input in the normalized form must have exactly the keys {sorted(NORMALIZED_KEYS)} "
+                         f"(and optionally student_view), got {sorted(keys)}.")
+    prompt, repaired = _text(item["prompt"], "prompt")
+    if not prompt.strip():
+        raise ValueError("Guard input prompt is empty.")
+    response = item["response"]
+    if response is not None:
+        response, fixed = _text(response, "response")
+        repaired |= fixed
+        response = response if response.strip() else None
+    context = item["context"]
+    if not isinstance(context, (list, tuple)):
+        raise ValueError(f"Guard input context must be a list of (role, text) turns, got {type(context).__name__}.")
+    turns = []
+    for k, turn in enumerate(context):
+        if not isinstance(turn, (list, tuple)) or len(turn) != 2 or turn[0] not in ROLES:
+            raise ValueError(f"Guard input context turn {k} must be a (role, text) pair with role 'user' or 'assistant', got {turn!r:.80}.")
+        text, fixed = _text(turn[1], f"context turn {k} text")
+        repaired |= fixed
+        if not text.strip():
+            raise ValueError(f"Guard input context turn {k} has empty text.")
+        turns.append((turn[0], text))
+    judged = item["judged_turn"]
+    if isinstance(judged, bool) or not isinstance(judged, int) or judged < 0:
+        raise ValueError(f"Guard input judged_turn must be an integer >= 0, got {judged!r}.")
+    if not isinstance(item["repaired"], bool):
+        raise ValueError(f"Guard input repaired must be a bool, got {item['repaired']!r}.")
+    out = {"prompt": prompt, "response": response, "context": tuple(turns), "judged_turn": judged, "repaired": item["repaired"] or repaired}
+    if "student_view" in item:
+        if not isinstance(item["student_view"], dict):
+            raise ValueError(f"Guard input student_view must be a normalized item, got {type(item['student_view']).__name__}.")
+        out["student_view"] = _normalized(item["student_view"], view=True)
+    return out
+
+
 def normalize_input(item: Any) -> dict:
     """The normalized form (see the module docstring) of one guard input; `ValueError` naming the
-    problem for anything that is not one. An item already normalized passes through."""
+    problem for anything that is not one. An item already in the normalized form is checked like
+    any other (every key, type and turn), so it cannot carry what the other forms refuse."""
     if item is None:
         raise ValueError("Guard input is None; expected a string, a dict with 'prompt' (and 'response') or a conversation.")
     if isinstance(item, (bytes, bytearray)):
         raise ValueError("Guard input is bytes; decode it to str first.")
     if isinstance(item, dict) and "judged_turn" in item and "context" in item:
-        return item
+        return _normalized(item)
     if is_conversation(item):
         messages = item["messages"] if isinstance(item, dict) else item
         if not isinstance(messages, (list, tuple)) or not messages:
@@ -240,28 +286,54 @@ def _encode_groups(tokenizer, prompts, responses, max_length, encodings, truncat
             truncated[i] = truncated[i] or j in too_long_set
 
 
-def windows(tokenizer, item, max_length, overlap=0.25, max_windows=4096):
+def windows(tokenizer, item, max_length, overlap=0.25, max_windows=4096, return_truncated=False):
     """The item split for `long_inputs="chunk"`: when it does not fit `max_length` tokens, its
     response (or, for a prompt-only item, its prompt) cut into windows that overlap by `overlap`
-    of their length, each a full item with the rest of the input; else [item]."""
+    of their length, each a full item with the rest of the input; else [item].
+
+    With `return_truncated`, also whether part of the text is left unread: the rest of the input
+    fills the budget (one window, truncated as usual) or windows past `max_windows` were dropped."""
     item = normalize_input(item)
     long_field = "response" if item["response"] is not None else "prompt"
     with tokenizer_lock(tokenizer):
         encoded, _ = encode_pairs(tokenizer, [item], 10**9)
         if len(encoded[0]["input_ids"]) <= max_length:
-            return [item]
+            return ([item], False) if return_truncated else [item]
         other = {**item, long_field: "x"} if long_field == "response" else {**item, "prompt": "x", "context": ()}
         overhead = len(encode_pairs(tokenizer, [other], 10**9)[0][0]["input_ids"]) - 1
         ids = tokenizer(item[long_field], add_special_tokens=False, verbose=False)["input_ids"]
     size = max_length - overhead
-    if size < 8:
-        return [item]  # the rest of the input fills the budget: nothing to window, truncate instead
+    if size < 8:  # the rest of the input fills the budget: nothing to window, truncate instead
+        return ([item], True) if return_truncated else [item]
     step = max(1, int(size * (1 - overlap)))
     starts = list(range(0, max(len(ids) - size, 0) + 1, step))
     if starts[-1] + size < len(ids):
         starts.append(len(ids) - size)
-    starts = starts[:max_windows]
-    return [{**item, long_field: tokenizer.decode(ids[s : s + size])} for s in starts]
+    dropped = len(starts) > max_windows
+    parts = [{**item, long_field: tokenizer.decode(ids[s : s + size])} for s in starts[:max_windows]]
+    return (parts, dropped) if return_truncated else parts
+
+
+# Models whose position ids start after the padding index (RoBERTa's scheme: the i-th token sits at
+# position pad_token_id + 1 + i), so `max_position_embeddings` 514 holds 512 tokens.
+PADDING_OFFSET_MODEL_TYPES = frozenset({
+    "roberta", "roberta-prelayernorm", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "data2vec-text", "xmod",
+    "ibert", "longformer", "markuplm", "layoutlmv3", "lilt", "luke", "esm",
+})
+
+
+def position_limit(config):
+    """The most tokens a model's absolute position embeddings take: `max_position_embeddings`, less
+    the padding offset of the RoBERTa family (RoBERTa, XLM-R, MPNet...: 514 -> 512); None when it has
+    relative positions only (DeBERTa-v2/v3: `position_biased_input` False) or records no limit.
+    The one rule for students and guards alike."""
+    if getattr(config, "position_biased_input", True) is False:
+        return None
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and getattr(config, "model_type", None) in PADDING_OFFSET_MODEL_TYPES:
+        pad = getattr(config, "pad_token_id", None)
+        limit -= (1 if pad is None else pad) + 1
+    return limit
 
 
 def length_sorted_batches(lengths, batch_size):

@@ -3,7 +3,9 @@
 The student is a stock `AutoModelForSequenceClassification` (so any checkpoint fine-tuned with
 the usual tools loads as is). The router reads the exact feature the student's classification
 layer reads (captured with a forward pre-hook on that layer), so one forward gives P(unsafe),
-the router score and the feature.
+the router score and the feature; with `config.router_features = "hidden_logits_entropy"` the
+student's two logits and the binary entropy (bits) of its P(unsafe) are appended to that feature
+(`router_inputs`), still in the same forward.
 
 Thread safety: the hook hands the feature to the forward call that ran it through a per-thread
 buffer (`threading.local`), never through the model instance, so one model serves concurrent
@@ -11,6 +13,7 @@ forwards from many threads (a web server's pool, the Gradio queue).
 """
 
 import contextlib
+import math
 import threading
 from dataclasses import dataclass
 from typing import Optional
@@ -20,7 +23,8 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .configuration_saferoute import SafeRouteConfig
+from .configuration_saferoute import ROUTER_FEATURES, SafeRouteConfig
+from .inputs import position_limit  # the one position rule (students and guards)
 from .taxonomy import Taxonomy
 
 
@@ -29,9 +33,11 @@ class SafeRouteOutput(ModelOutput):
     """Outputs of [`SafeRouteForSequenceClassification`].
 
     logits: (batch, 2) student logits, label 1 = unsafe. router_logits: (batch,) router logit;
-    sigmoid > router_threshold means "send to the large guard". features: (batch, d) the pooled
-    feature both heads read. category_logits: (batch, K) the category head's logits (sigmoid: P of
-    each category of `config.taxonomy`), None without a category head.
+    sigmoid > router_threshold means "send to the large guard". features: (batch, d') what the
+    router reads (`router_inputs`): the pooled feature of the student's classification layer,
+    with its logits and entropy appended when `config.router_features` says so. category_logits:
+    (batch, K) the category head's logits on the pooled feature (sigmoid: P of each category of
+    `config.taxonomy`), None without a category head.
     """
 
     loss: Optional[torch.FloatTensor] = None
@@ -65,14 +71,6 @@ def capturing_features():
         _CAPTURED.features = outer
 
 
-def position_limit(encoder_config):
-    """The most tokens an encoder's absolute position embeddings allow, or None when it has relative
-    positions only (DeBERTa-v2/v3: `position_biased_input` False) or records no limit."""
-    if getattr(encoder_config, "position_biased_input", True) is False:
-        return None
-    return getattr(encoder_config, "max_position_embeddings", None)
-
-
 def input_length_limit(config, default=512):
     """The pair-encoding token budget of a `SafeRouteConfig`: its `max_input_length`, capped by the
     encoder's `position_limit`."""
@@ -97,6 +95,19 @@ class SafeRouteRouter(nn.Module):
 
     def forward(self, features):
         return self.layers(features).squeeze(-1)
+
+
+def router_inputs(features, logits, kind="hidden"):
+    """The router's input: the pooled `features` ("hidden", SafeRoute's), or them with the student's
+    two `logits` and the binary entropy in bits of its softmax appended ("hidden_logits_entropy")."""
+    if kind == "hidden":
+        return features
+    if kind not in ROUTER_FEATURES:
+        raise ValueError(f"router_features must be one of {list(ROUTER_FEATURES)}, got {kind!r}.")
+    logits = logits.float()
+    log_p = torch.log_softmax(logits, dim=-1)
+    entropy = -(log_p.exp() * log_p).sum(-1, keepdim=True) / math.log(2.0)
+    return torch.cat([features.float(), logits, entropy], dim=-1)
 
 
 def find_classification_layer(model, num_labels):
@@ -136,8 +147,8 @@ class SafeRouteForSequenceClassification(SafeRoutePreTrainedModel):
         encoder_config.label2id = dict(config.label2id)
         self.student = AutoModelForSequenceClassification.from_config(encoder_config)
         self._head_name, head = find_classification_layer(self.student, 2)
-        self.router = SafeRouteRouter(head.in_features, config.router_hidden_size)
-        # The multi-label category head reads the same feature (same forward, no second pass).
+        self.router = SafeRouteRouter(head.in_features + ROUTER_FEATURES[config.router_features], config.router_hidden_size)
+        # The multi-label category head reads the pooled feature (same forward, no second pass).
         taxonomy = Taxonomy.load(config.taxonomy) if config.taxonomy else None
         self.category_head = nn.Linear(head.in_features, len(taxonomy)) if taxonomy else None
         # A plain dict, so the hooked layer is not registered twice as a submodule.
@@ -155,6 +166,17 @@ class SafeRouteForSequenceClassification(SafeRoutePreTrainedModel):
                     self._hook["handle"].remove()
                 self._hook = {"module": head, "handle": head.register_forward_pre_hook(capture_features)}
 
+    def set_router_features(self, kind):
+        """Make the router read `kind` (a key of `ROUTER_FEATURES`): a new, freshly initialised router
+        when its input size changes; the config records it."""
+        if kind not in ROUTER_FEATURES:
+            raise ValueError(f"router_features must be one of {list(ROUTER_FEATURES)}, got {kind!r}.")
+        size = self.student.get_submodule(self._head_name).in_features + ROUTER_FEATURES[kind]
+        if self.router.layers[0].in_features != size:
+            self.router = SafeRouteRouter(size, self.config.router_hidden_size).to(self.router.layers[0].weight.device)
+            self._init_weights(self.router)
+        self.config.router_features = kind
+
     @property
     def max_length(self):
         """Token budget of the pair encoding: the configured one, capped by absolute position embeddings
@@ -170,11 +192,12 @@ class SafeRouteForSequenceClassification(SafeRoutePreTrainedModel):
             student_out = self.student(**model_inputs, **kwargs)
         if not captured:
             raise RuntimeError(f"The student's classification layer {self._head_name!r} did not run: no feature for the router.")
-        features = captured[-1]
+        pooled = captured[-1]
+        features = router_inputs(pooled, student_out.logits, self.config.router_features)
         router_logits = self.router(features.to(self.router.layers[0].weight.dtype))
         category_logits = None
         if self.category_head is not None:
-            category_logits = self.category_head(features.to(self.category_head.weight.dtype))
+            category_logits = self.category_head(pooled.to(self.category_head.weight.dtype))
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(student_out.logits.float(), labels)

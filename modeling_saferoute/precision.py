@@ -8,6 +8,10 @@ emulated, with a warning: it is several times slower than float32 there.
 The CPU's answer is read from /proc/cpuinfo. `SAFEROUTE_NATIVE_BF16=0` (or `1`) overrides it, so the
 no-bf16 case can be measured on a machine that has bf16 (set `ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI`
 too to make oneDNN's bf16 kernels emulated there as well) and both answers can be tested anywhere.
+
+Inference of the student adds "int8" (`resolve_inference_precision`): "auto" runs the student in
+int8 on a CPU that has int8 dot products (VNNI) but no native bf16, where it is the fast path
+(`modeling_saferoute/quantization.py`); the training stages and the large guard never run in int8.
 """
 
 import contextlib
@@ -105,6 +109,25 @@ def resolve_precision(value="auto", device="cpu", warn=True):
     if warn and precision == "bf16" and device.type == "cpu" and not native_bf16(device):
         warnings.warn(EMULATED_BF16, stacklevel=2)
     return precision
+
+
+def normalize_inference_precision(value):
+    """`normalize_precision`, plus "int8" (a student forward only)."""
+    return "int8" if str(value).strip().lower() == "int8" else normalize_precision(value)
+
+
+def resolve_inference_precision(value="auto", device="cpu", warn=True):
+    """The precision a student forward runs in on `device`: "int8" where asked (CPU only), or where
+    "auto" meets a CPU with VNNI and without native bf16; otherwise `resolve_precision`'s answer."""
+    precision = normalize_inference_precision(value)
+    device = torch.device(device)
+    if precision == "int8":
+        if device.type != "cpu":
+            raise ValueError(f"precision 'int8' runs on CPU only; the model is on {device.type!r}.")
+        return "int8"
+    if precision == "auto" and device.type == "cpu" and cpu_has_vnni() and not native_bf16(device):
+        return "int8"
+    return resolve_precision(precision, device, warn)
 
 
 def torch_dtype(value="auto", device="cpu"):

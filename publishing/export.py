@@ -1,4 +1,4 @@
-"""`saferoute export`: ONNX (fp32) and int8 (onnxruntime dynamic quantization) copies of a SafeRoute model.
+"""`saferoute export`: ONNX (fp32) and int8 (onnxruntime dynamic quantization, per-channel weights) copies of a SafeRoute model.
 
 Writes `onnx/model.onnx` (outputs `logits` (B, 2) and `router_logits` (B,)) and
 `onnx/model_int8.onnx` inside the model folder (or `--output`). `OnnxSafeRoute` runs them with
@@ -61,7 +61,8 @@ def export_onnx(model_dir, output=None, int8=True):
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(path), str(out_dir / "model_int8.onnx"), weight_type=QuantType.QInt8)
+        # per-channel weights: 98.7% label agreement with float32 against 96.7% per-tensor (bench/RESULTS.md)
+        quantize_dynamic(str(path), str(out_dir / "model_int8.onnx"), weight_type=QuantType.QInt8, per_channel=True)
         paths.append(out_dir / "model_int8.onnx")
     return paths
 

@@ -12,13 +12,14 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 import modeling_saferoute
 from modeling_saferoute import PIPELINE_IMPL, REMOTE_CODE_FILES, SafeRouteConfig, SafeRouteForSequenceClassification, Taxonomy
+from modeling_saferoute.configuration_saferoute import ROUTER_FEATURES, large_guard_reference
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.categories import load_category_head
 from modeling_saferoute.guards import BACKENDS, GUARD_KINDS
@@ -38,14 +39,19 @@ class PackageArguments:
     large_guard_kind: Optional[str] = field(default=None, metadata={"help": f"Adapter kind of the large guard: {sorted(GUARD_KINDS)}."})
     large_guard_revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of the large guard."})
     large_guard_dtype: Optional[str] = field(default=None, metadata={"help": "dtype the large guard loads in (e.g. bfloat16)."})
+    large_guard_max_length: Optional[int] = field(default=None, metadata={"help": "Token budget the large guard scores with (train-router records the one its router labels were made with)."})
+    large_guard_batch_size: Optional[int] = field(default=None, metadata={"help": "Batch size of large-guard scoring."})
+    large_guard_options: Optional[str] = field(default=None, metadata={"help": 'Adapter options as JSON, e.g. \'{"temperature": 1.0, "max_content_tokens": 512}\' or \'{"render_taxonomy": true}\' (write the taxonomy into a Llama-Guard-format guard\'s prompt).'})
     large_guard_backend: Optional[str] = field(default=None, metadata={"help": "Where a causal-LM large guard runs: 'transformers' (in process), 'vllm' (in-process vLLM) or 'openai_compatible' (a served model, e.g. `vllm serve`). Without --large_guard it changes the student folder's own reference."})
     large_guard_backend_options: Optional[str] = field(default=None, metadata={"help": 'The backend\'s options as JSON, e.g. \'{"base_url": "http://gpu-host:8001/v1", "api_key_env": "GUARD_API_KEY"}\'.'})
     router: Optional[str] = field(default=None, metadata={"help": "Router weights: a safetensors file or a SafeRoute folder (its router.* tensors)."})
+    router_features: Optional[str] = field(default=None, metadata={"help": f"What the router reads: {list(ROUTER_FEATURES)} (default: the student folder's, else 'hidden', SafeRoute's); must match --router's weights."})
     router_threshold: Optional[float] = field(default=None, metadata={"help": "Route when the router score is above this (default 0.5, or the router's own)."})
+    router_thresholds: Optional[Union[dict, str]] = field(default=None, metadata={"help": "The routing thresholds chosen by train-router, by name (a mapping or JSON), recorded in the config; with --router_threshold_choice the named one is used."})
+    router_threshold_choice: Optional[str] = field(default=None, metadata={"help": "Which of --router_thresholds routes (it sets router_threshold)."})
     threshold: float = field(default=0.5, metadata={"help": "P(unsafe) above this is 'unsafe'."})
     max_length: Optional[int] = field(default=None, metadata={"help": "Token budget of the student's pair encoding (default: the encoder's maximum)."})
     category_thresholds: Optional[str] = field(default=None, metadata={"help": 'Per-category thresholds as JSON, e.g. \'{"hate": 0.4}\' (categories of the student\'s taxonomy; default 0.5 each).'})
-    large_guard_options: Optional[str] = field(default=None, metadata={"help": 'Options of the large-guard adapter as JSON, e.g. \'{"render_taxonomy": true}\' (write the taxonomy into a Llama-Guard-format guard\'s prompt).'})
     model_card: bool = field(default=True, metadata={"help": "Write README.md (the model card)."})
 
 
@@ -81,7 +87,17 @@ def load_router_weights(path):
     return tensors
 
 
-def _json_object(text, flag):
+def large_guard_location(name_or_path):
+    """A local large-guard folder as an absolute path (a relative one would only load from the
+    folder `package` ran in); Hub ids and `bundled:` aliases as given."""
+    path = Path(name_or_path)
+    return str(path.resolve()) if path.is_dir() else name_or_path
+
+
+def _json_object(flag, text):
+    """The dict a JSON-object flag holds (None when not given); a ValueError naming the flag otherwise."""
+    if not text:
+        return None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
@@ -89,13 +105,6 @@ def _json_object(text, flag):
     if not isinstance(value, dict):
         raise ValueError(f"{flag} must be a JSON object, got {type(value).__name__}.")
     return value
-
-
-def large_guard_location(name_or_path):
-    """A local large-guard folder as an absolute path (a relative one would only load from the
-    folder `package` ran in); Hub ids and `bundled:` aliases as given."""
-    path = Path(name_or_path)
-    return str(path.resolve()) if path.is_dir() else name_or_path
 
 
 def package(args: PackageArguments):
@@ -110,39 +119,53 @@ def package(args: PackageArguments):
             args.student,
         )
     router_trained = model.config.to_dict().get("router_trained", False)
+    if args.router_features and args.router_features != model.config.router_features:
+        model.set_router_features(args.router_features)  # a new router: its input size changed
+        router_trained = False
     if args.router:
-        model.router.load_state_dict(load_router_weights(args.router))
+        try:
+            model.router.load_state_dict(load_router_weights(args.router))
+        except RuntimeError as err:
+            raise ValueError(f"The router weights of {args.router} do not fit a router reading {model.config.router_features!r} "
+                             f"features: pass the --router_features they were trained on ({list(ROUTER_FEATURES)}). {err}") from err
         router_trained = True
     if not router_trained:
         logger.warning("The router is UNTRAINED (no --router given): its routing decisions are arbitrary.")
     config = model.config
+    options = _json_object("--large_guard_options", args.large_guard_options)
     if args.large_guard:
-        config.large_guard = {
-            "name_or_path": large_guard_location(args.large_guard),
-            "kind": args.large_guard_kind,
-            "revision": args.large_guard_revision,
-            "dtype": args.large_guard_dtype,
-        }
+        config.large_guard = large_guard_reference(large_guard_location(args.large_guard), args.large_guard_kind,
+                                                   revision=args.large_guard_revision, dtype=args.large_guard_dtype,
+                                                   max_length=args.large_guard_max_length, batch_size=args.large_guard_batch_size,
+                                                   options=options)
+    elif args.large_guard_max_length or args.large_guard_batch_size or options:  # new settings of the student folder's guard
+        if not getattr(config, "large_guard", None):
+            raise ValueError("--large_guard_max_length, --large_guard_batch_size and --large_guard_options need a large guard: pass --large_guard.")
+        updates = {"max_length": args.large_guard_max_length, "batch_size": args.large_guard_batch_size, "options": options}
+        config.large_guard = {**config.large_guard, **{k: v for k, v in updates.items() if v}}
     if args.large_guard_backend and args.large_guard_backend not in BACKENDS:
         raise ValueError(f"--large_guard_backend must be one of {list(BACKENDS)}, got {args.large_guard_backend!r}.")
     if args.large_guard_backend or args.large_guard_backend_options:
         if not getattr(config, "large_guard", None):
             raise ValueError("--large_guard_backend needs a large guard: pass --large_guard (and --large_guard_kind).")
-        options = _json_object(args.large_guard_backend_options, "--large_guard_backend_options") if args.large_guard_backend_options else {}
+        backend_options = _json_object("--large_guard_backend_options", args.large_guard_backend_options) or {}
         config.large_guard = {**config.large_guard, "backend": args.large_guard_backend or config.large_guard.get("backend", "transformers"),
-                              "backend_options": options}
-    if args.large_guard_options:
-        if not getattr(config, "large_guard", None):
-            raise ValueError("--large_guard_options needs a large guard: pass --large_guard (and --large_guard_kind).")
-        config.large_guard = {**config.large_guard, "options": {**(config.large_guard.get("options") or {}),
-                                                                 **_json_object(args.large_guard_options, "--large_guard_options")}}
+                              "backend_options": backend_options}
     if args.category_thresholds:
         if not config.taxonomy:
             raise ValueError("--category_thresholds: the student has no category head (no taxonomy).")
         config.category_thresholds = Taxonomy.load(config.taxonomy).category_thresholds(
-            _json_object(args.category_thresholds, "--category_thresholds"))
+            _json_object("--category_thresholds", args.category_thresholds))
     if args.router_threshold is not None:
         config.router_threshold = float(args.router_threshold)
+    if args.router_thresholds or args.router_threshold_choice:
+        thresholds = json.loads(args.router_thresholds) if isinstance(args.router_thresholds, str) else dict(args.router_thresholds or {})
+        if args.router_threshold_choice not in (None, *thresholds):
+            raise ValueError(f"--router_threshold_choice {args.router_threshold_choice!r} is not one of --router_thresholds {sorted(thresholds)}.")
+        config.router_thresholds = {str(k): float(v) for k, v in thresholds.items()}
+        config.router_threshold_choice = args.router_threshold_choice
+        if args.router_threshold_choice:
+            config.router_threshold = config.router_thresholds[args.router_threshold_choice]
     config.threshold = float(args.threshold)
     if args.max_length:
         config.max_input_length = args.max_length

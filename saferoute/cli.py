@@ -7,6 +7,7 @@ COMMANDS = {
     "roles": ("dataset_builders.roles", "Split the labeled pool once into the teacher's, the router's, the validation and the student's rows."),
     "train-guard": ("training.train_guard", "Train a large guard (teacher): Llama-Guard-format LLM (TRL SFT + LoRA) or encoder classifier."),
     "build-corpus": ("dataset_builders.harmaug.build", "Build the HarmAug corpus: generate, filter, respond, label with the teacher, write."),
+    "measure": ("dataset_builders.harmaug.measure", "Measure HarmAug generation: generators, the affirmative prefix, exemplar sources, throughput."),
     "distill": ("training.distill", "HarmAug knowledge distillation of the teacher into the student."),
     "train-router": ("training.train_router", "Train the SafeRoute router on the student's features."),
     "evaluate": ("evaluation.evaluate", "Evaluate guards / SafeRoute models on the six-benchmark suite."),

@@ -7,6 +7,7 @@ finishes in about a minute.
 """
 
 import importlib
+import resource
 import subprocess
 import sys
 import time
@@ -52,12 +53,13 @@ def main(argv=None):
     if unknown:
         raise ValueError(f"Unknown stages {sorted(unknown)}.")
     flags = ["--config", recipe, "--output_root", output_root]
-    print(f"SafeRoute quickstart with {recipe}")
+    print(f"SafeRoute quickstart with {recipe} ({precision_line()})")
     start = time.perf_counter()
+    timings = {}
     for i, (name, module, _, _) in enumerate(STAGES, 1):
         if name not in wanted:
             continue
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _children_cpu()
         print(f"[{i}/{len(STAGES)}] {name} ...", flush=True)
         # Each stage runs as its own command, exactly as a user would run it: memory and thread
         # pools are fresh for every stage, and a crash names the stage that failed.
@@ -65,9 +67,37 @@ def main(argv=None):
         if proc.returncode != 0:
             raise SystemExit(f"quickstart: stage {name} failed (exit {proc.returncode}); fix it and re-run: "
                              "completed stages are skipped.")
-        print(f"[{i}/{len(STAGES)}] {name} done in {time.perf_counter() - t0:.0f} s", flush=True)
+        timings[name] = {"seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(_children_cpu() - cpu0, 1)}
+        print(f"[{i}/{len(STAGES)}] {name} done in {timings[name]['seconds']:.0f} s", flush=True)
+    record_timings(output_root, recipe, timings)
     finish(recipe, output_root)
     print(f"Quickstart finished in {(time.perf_counter() - start) / 60:.1f} min.")
+
+
+def _children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def precision_line():
+    from modeling_saferoute.precision import cpu_name, native_bf16, resolve_precision
+
+    return f"CPU {cpu_name()}, native bf16 {native_bf16('cpu')}: precision auto = {resolve_precision('auto', 'cpu', warn=False)}"
+
+
+def record_timings(output_root, recipe, timings):
+    """`{output_root}/quickstart_timings.json`: wall and CPU seconds of each stage run now (a stage
+    skipped because it was complete takes a second or two), with the CPU and precision they ran on."""
+    import json
+
+    from modeling_saferoute.precision import precision_record
+
+    path = Path(output_root) / "quickstart_timings.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(path.read_text()) if path.exists() else {}
+    stages = {**old.get("stages", {}), **timings}
+    path.write_text(json.dumps({"recipe": recipe, "precision": precision_record("auto", "cpu"), "stages": stages,
+                                "total_seconds": round(sum(s["seconds"] for s in stages.values()), 1)}, indent=2) + "\n")
 
 
 def finish(recipe, output_root=None):

@@ -4,6 +4,7 @@ recomputed with scikit-learn from the saved per-example scores."""
 import json
 import shutil
 import warnings
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,8 @@ from publishing.package import PackageArguments, package
 from tiny_corpus import tiny_pool_rows, write_pool
 
 BENCHMARKS = ["openai_moderation", "toxicchat", "harmbench", "wildguardmix_prompt", "wildguardmix_response", "xstest_response"]
-ARGS = ["--benchmarks", "all", "--max-per-benchmark", "50", "--max-validation", "60", "--large-budget", "0.2"]
+ARGS = ["--benchmarks", "all", "--max-per-benchmark", "50", "--max-validation", "60"]
+THRESHOLDS = {"fixed": 0.5, "best_f1": 0.35, "budget": 0.7}  # as train-router would record them
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,7 +44,8 @@ def _boom(*args, **kwargs):
 def saferoute_dir(tmp_path_factory, tiny_student_dir, tiny_llama_guard_dir):
     out = tmp_path_factory.mktemp("saferoute") / "model"
     return package(PackageArguments(student=str(tiny_student_dir), large_guard=str(tiny_llama_guard_dir),
-                                    large_guard_kind="llama_guard", output_dir=str(out), model_card=False))
+                                    large_guard_kind="llama_guard", output_dir=str(out), model_card=False,
+                                    router_thresholds=THRESHOLDS, router_threshold_choice="budget"))
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +83,14 @@ def test_first_run_writes_report_cache_and_plots(first_run):
         assert bench["methods"]["large"]["large_usage"] == 1.0 and bench["methods"]["student"]["large_usage"] == 0.0
     assert report["scored_this_run"]["student"] > 300 and report["scored_this_run"]["large_guard"] > 250
     assert 0 < report["settings"]["temperature"] and report["settings"]["entropy_unit"] == "bits"
-    assert report["budget"]["validation_usage"] <= 0.2
+    assert report["settings"]["router_thresholds"] == THRESHOLDS and report["settings"]["router_threshold_choice"] == "budget"
+    assert report["settings"]["router_threshold"] == THRESHOLDS["budget"]
     assert len(_mtimes(first_run)) == 2  # the SafeRoute model's and the large guard's caches
     for png in ("pr_curves.png", "f1_vs_usage.png"):
         assert (first_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (first_run / "report.md").read_text()
-    assert "| SafeRoute |" in md and "## Throughput" in md and "Large-model budget" in md
+    assert "| SafeRoute |" in md and "## Throughput" in md and "## SafeRoute routing thresholds" in md
+    assert "| budget | 0.7000 |" in md and md.count("| yes |") == 1
     scores = pd.read_parquet(first_run / "scores.parquet")
     assert len(scores) == 300 and scores[["student_unsafe_score", "router_score", "large_unsafe_score"]].notna().all().all()
 
@@ -139,10 +144,11 @@ def _synthetic_cache(folder, labels_by_key):
         frame.to_parquet(path, index=False)
 
 
-def _expected(y, s, r, lg, settings):
+def _expected(name, y, s, r, lg, settings):
     """Every method's routing decisions (and final scores), written independently of `evaluation`:
     entropy in bits > 0.5 as SafeRoute's code has it; the temperature method keeps the scaled P
-    on what it does not route; random routes SafeRoute's count, or each input with p = 0.5."""
+    on what it does not route; random routes SafeRoute's count, or each input with p = 0.5, with
+    seeds derived from the benchmark's name (CRC32) and the seed's index."""
     p = np.clip(s, 1e-7, 1 - 1e-7)
     pt = 1 / (1 + np.exp(-np.log(p / (1 - p)) / settings["temperature"]))
     bits = lambda q: -(q * np.log2(q) + (1 - q) * np.log2(1 - q))  # noqa: E731
@@ -151,16 +157,18 @@ def _expected(y, s, r, lg, settings):
     routes = {
         "student": np.zeros(n, bool), "large": np.ones(n, bool), "saferoute": r > settings["router_threshold"],
         "entropy": bits(p) > 0.5, "temperature": bits(pt) > 0.5, "oracle": target,
+        **{f"saferoute_{k}": r > v for k, v in settings["router_thresholds"].items()},
     }
     finals = {m: np.where(routed, lg, s) for m, routed in routes.items()}
     finals["temperature"] = np.where(routes["temperature"], lg, pt)
     k = int(routes["saferoute"].sum())
     randoms = {"random_same_usage": [], "random_p50": []}
     for seed in range(settings["random_seeds"]):
+        entropy = [zlib.crc32(name.encode()), seed]
         mask = np.zeros(n, bool)
-        mask[np.random.default_rng(seed).choice(n, size=k, replace=False)] = True
+        mask[np.random.default_rng(entropy).choice(n, size=k, replace=False)] = True
         randoms["random_same_usage"].append(mask)
-        randoms["random_p50"].append(np.random.default_rng(seed).random(n) < 0.5)
+        randoms["random_p50"].append(np.random.default_rng(entropy).random(n) < 0.5)
     return routes, finals, randoms, target
 
 
@@ -181,14 +189,23 @@ def test_every_reported_number_recomputes_with_sklearn(first_run, saferoute_dir,
     _synthetic_cache(out, _text_labels())
     monkeypatch.setattr(E, "pipeline", _boom)
     monkeypatch.setattr(E, "load_guard", _boom)
-    cli(["evaluate", "--model", str(saferoute_dir), *ARGS, "--output_dir", str(out)])
+    cli(["evaluate", "--model", str(saferoute_dir), *ARGS, "--large-budget", "0.2", "--output_dir", str(out)])
     report = json.loads((out / "report.json").read_text())
     scores = pd.read_parquet(out / "scores.parquet")
     settings = report["settings"]
     keys = {(b, i): text_key(it) for b, ds in load_benchmarks(BENCHMARKS, "offline", 50, 0).items() for i, it in zip(ds["id"], guard_items(ds))}
     row_keys = [keys[(b, i)] for b, i in zip(scores["benchmark"], scores["id"])]
-    for store in (out / "cache").iterdir():  # each row carries its own text's stored score
-        cache = pd.concat([pd.read_parquet(p) for p in store.glob("part-*.parquet")]).drop_duplicates("text_key").set_index("text_key")
+    stores = {store: pd.concat([pd.read_parquet(p) for p in store.glob("part-*.parquet")]).drop_duplicates("text_key").set_index("text_key")
+              for store in (out / "cache").iterdir()}
+    # --large-budget: the budget row's threshold is chosen here, on the validation rows' router scores
+    student_store = next(cache for cache in stores.values() if "router_score" in cache)
+    validation = E._validation_split(E.EvaluateArguments(model=str(saferoute_dir), validation=ARGS[ARGS.index("--validation") + 1],
+                                                         max_validation=60))
+    val_router = student_store.loc[[text_key(it) for it in guard_items(validation)], "router_score"].to_numpy()
+    assert settings["router_thresholds"]["budget"] == M.budget_threshold(val_router, 0.2) != THRESHOLDS["budget"]
+    assert (val_router > settings["router_thresholds"]["budget"]).mean() <= 0.2
+    assert settings["router_thresholds"]["best_f1"] == THRESHOLDS["best_f1"] and settings["router_threshold"] == THRESHOLDS["budget"]
+    for cache in stores.values():  # each row carries its own text's stored score
         pairs = [("student_unsafe_score", "student_unsafe_score"), ("router_score", "router_score")]
         for mine, theirs in pairs if "router_score" in cache else [("large_unsafe_score", "unsafe_score")]:
             assert (cache.loc[row_keys, theirs].to_numpy() == scores[mine].to_numpy()).all()
@@ -196,7 +213,7 @@ def test_every_reported_number_recomputes_with_sklearn(first_run, saferoute_dir,
         f = scores[scores["benchmark"] == name]
         y, s, r, lg = (f[c].to_numpy() for c in ("label", "student_unsafe_score", "router_score", "large_unsafe_score"))
         assert s.std() > 0.1 and lg.std() > 0.1  # the synthetic scores are what got evaluated
-        routes, finals, randoms, target = _expected(y, s, r, lg, settings)
+        routes, finals, randoms, target = _expected(name, y, s, r, lg, settings)
         reported = report["benchmarks"][name]["methods"]
         for method, routed in routes.items():
             expected = _sk(y, finals[method], routed, target)
@@ -208,9 +225,6 @@ def test_every_reported_number_recomputes_with_sklearn(first_run, saferoute_dir,
                 assert reported[method][metric] == pytest.approx(np.mean([x[metric] for x in runs]), abs=1e-9)
                 assert reported[method]["std"][metric] == pytest.approx(np.std([x[metric] for x in runs]), abs=1e-9)
         assert reported["saferoute"]["large_usage"] == pytest.approx(reported["random_same_usage"]["large_usage"])
-        budget = report["budget"]
-        routed = r > budget["router_threshold"]
-        assert budget["benchmarks"][name]["f1"] == pytest.approx(f1_score(y, np.where(routed, lg, s) > 0.5), abs=1e-9)
         t = report["benchmarks"][name]["throughput"]
         assert t["saferoute"]["seconds"] == pytest.approx(
             f["student_seconds"].sum() + f["large_seconds"][routes["saferoute"]].sum())
@@ -218,6 +232,9 @@ def test_every_reported_number_recomputes_with_sklearn(first_run, saferoute_dir,
         assert report["average"]["methods"][method]["f1"] == pytest.approx(
             np.mean([report["benchmarks"][n]["methods"][method]["f1"] for n in BENCHMARKS]))
     assert report["average"]["methods"]["oracle"]["f1"] >= report["average"]["methods"]["large"]["f1"]
+    # six benchmarks of 50 rows each: seeded per benchmark, their random masks differ
+    usages = {tuple(report["benchmarks"][n]["methods"]["random_p50"]["per_seed"]["large_usage"]) for n in BENCHMARKS}
+    assert len(usages) == len(BENCHMARKS)
 
 
 def test_guard_mode(tiny_student_dir, tmp_path):

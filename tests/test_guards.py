@@ -7,7 +7,9 @@ import torch
 from transformers import AutoModelForCausalLM, pipeline
 
 from modeling_saferoute.guards import CUT_MARKER, load_guard
+from modeling_saferoute.inputs import encode_pairs, position_limit
 from publishing.package import PackageArguments, package
+from tiny_models import build_tiny_roberta
 
 LENGTHS = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000]  # characters
 
@@ -65,3 +67,28 @@ def test_pipeline_marks_an_input_the_large_guard_had_to_cut(tmp_path, tiny_stude
     routed = guard(item, route="always")
     assert routed["decided_by"] == "large_guard" and routed["truncated"] is True
     assert guard("Hi", route="always")["truncated"] is False
+
+
+def test_position_budgets_of_every_tokenizer_family(tmp_path, caplog):
+    """RoBERTa, XLM-R and MPNet count positions from pad_token_id + 1: 514 embeddings hold 512 tokens."""
+    from transformers import BertConfig, DebertaV2Config, LlamaConfig, MPNetConfig, RobertaConfig, XLMRobertaConfig
+
+    assert position_limit(BertConfig()) == 512 and position_limit(LlamaConfig(max_position_embeddings=2048)) == 2048
+    assert position_limit(RobertaConfig(max_position_embeddings=514)) == 512 == position_limit(XLMRobertaConfig(max_position_embeddings=514))
+    assert position_limit(MPNetConfig(max_position_embeddings=514)) == 512
+    assert position_limit(DebertaV2Config(position_biased_input=False)) is None  # relative positions only
+    roberta = build_tiny_roberta(tmp_path / "roberta")
+    text = "lock " * 700  # 700 tokens
+    out = package(PackageArguments(student=str(roberta), output_dir=str(tmp_path / "m"), model_card=False))
+    student = pipeline("text-classification", model=str(out), trust_remote_code=True, autocast_dtype="none")
+    assert student.model.max_length == 512
+    (encoded,), _ = encode_pairs(student.tokenizer, [{"prompt": "q", "response": text}], student.model.max_length)
+    assert len(encoded["input_ids"]) == 512
+    assert student(text, route="never")["truncated"] and student({"prompt": "q", "response": text}, route="never")["truncated"]
+    assert student({"prompt": "q", "response": text}, route="never", long_inputs="chunk")["windows"] > 1
+    guard = load_guard(str(roberta), "sequence_classification", autocast_dtype="none")
+    scores, cut = guard.score([text, "lock " * 100], return_truncated=True)
+    assert guard.max_length == 512 and cut == [True, False] and 0 < scores[0] < 1
+    with caplog.at_level("WARNING"):
+        assert load_guard(str(roberta), "sequence_classification", max_length=1024).max_length == 512
+    assert "max_length 1024 is above the 512 positions" in caplog.text

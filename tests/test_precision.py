@@ -1,6 +1,6 @@
-"""bf16 autocast, the default where the CPU multiplies bf16 natively, keeps the labels of float32:
-the bundled MiniLM student, fine-tuned briefly on the seed pool, scored both ways on a fixed
-benchmark sample through the public pipeline."""
+"""bf16 autocast, the default where the CPU multiplies bf16 natively, and int8, the default where it
+has VNNI and no native bf16, keep the labels of float32: the bundled MiniLM student, fine-tuned
+briefly on the seed pool, scored each way on a fixed benchmark sample through the public pipeline."""
 
 import numpy as np
 import pytest
@@ -12,7 +12,7 @@ from dataset_builders.schema import guard_items
 from dataset_builders.seed_pool import load_seed_pool
 from dataset_builders.splits import stratified_sample
 from modeling_saferoute.bundled import resolve
-from modeling_saferoute.precision import native_bf16
+from modeling_saferoute.precision import resolve_inference_precision
 from modeling_saferoute.inputs import encode_pairs
 from publishing.package import PackageArguments, package
 
@@ -56,4 +56,20 @@ def test_bf16_autocast_keeps_the_float32_labels(trained_student):
           f"max |dP(unsafe)| {np.abs(bf16 - fp32).max():.4f}, mean {np.abs(bf16 - fp32).mean():.4f}")
     assert fp32.std() > 0.1  # a decisive model: the comparison means something
     assert agreement >= 0.99
-    np.testing.assert_array_equal(default, bf16 if native_bf16("cpu") else fp32)  # the default is bf16 where it is native
+    expected = {"bf16": bf16, "float32": fp32}.get(resolve_inference_precision("auto", "cpu"))
+    if expected is not None:  # int8 where the CPU has VNNI and no native bf16: test_int8_keeps_the_float32_labels
+        np.testing.assert_array_equal(default, expected)
+
+
+def test_int8_keeps_the_float32_labels(trained_student):
+    guard = pipeline("text-classification", model=str(trained_student), trust_remote_code=True)
+    sample = [it for ds in load_benchmarks("all", max_per_benchmark=50, seed=1).values() for it in guard_items(ds)]
+    fp32 = np.array([r["unsafe_score"] for r in guard(sample, route="never", autocast_dtype="none")])
+    int8 = np.array([r["unsafe_score"] for r in guard(sample, route="never", autocast_dtype="int8")])
+    gap = np.abs(int8 - fp32)
+    agreement = float(np.mean((fp32 > 0.5) == (int8 > 0.5)))
+    print(f"int8 vs fp32 on {len(sample)} benchmark inputs: label agreement {agreement:.1%}, max |dP(unsafe)| {gap.max():.4f}, mean {gap.mean():.4f}")
+    assert fp32.std() > 0.1 and 0 < gap.max()  # a decisive model, and the int8 path really ran
+    assert agreement >= 0.99 and gap.max() <= 0.05
+    if resolve_inference_precision("auto", "cpu") == "int8":
+        np.testing.assert_array_equal(np.array([r["unsafe_score"] for r in guard(sample, route="never")]), int8)

@@ -31,8 +31,10 @@ def test_every_output_loads(smoke_run):
 
     corpus = load_dataset(str(out / "harmaug"), split="train")
     assert {"prompt", "response", "unsafe_score", "label", "source"} <= set(corpus.column_names)
-    assert set(corpus["origin"]) == {"seed", "synthetic"}
+    assert set(corpus["origin"]) == {"seed", "synthetic", "prefix"}  # prefix rows: the recipe's prefix_rows
     guard = pipeline("text-classification", model=str(out / "saferoute-guard"), trust_remote_code=True)
+    stream = guard.stream("How do I kill a Python process?", stride=4)  # the packaged model streams
+    assert stream.feed("Use the kill command with the process id. ")["checks"] >= 1 and stream.close()["final"]
     results = guard(["How do I kill a Python process?", {"prompt": "Hi", "response": "Hello!"}], route="auto")
     assert all(r["label"] in ("safe", "unsafe") for r in results)
     config = json.loads((out / "saferoute-guard" / "config.json").read_text())

@@ -97,3 +97,67 @@ def test_the_router_rows_reach_neither_model(tmp_path, tiny_student_dir, tiny_ll
     assert set(roles.role_of(splits["validation"]["id"])) == {"validation"}
     router_ids = {i for i, r in roles.roles.items() if r == "router"}
     assert not router_ids & set(splits["train"]["id"]) and not router_ids & set(splits["validation"]["id"])
+
+
+def _issue_key(row):
+    """The normalized text of issue 21: NFKC, lower case, whitespace collapsed ((prompt, response);
+    a prompt-only row: its prompt). Computed here independently of `schema.content_key`."""
+    import unicodedata
+
+    def norm(text):
+        return None if text is None else " ".join(unicodedata.normalize("NFKC", text).lower().split())
+
+    return norm(row["prompt"]), norm(row["response"])
+
+
+def _roles_per_text(pool, roles):
+    per_text = {}
+    for row in pool:
+        per_text.setdefault(_issue_key(row), set()).add(roles[row["id"]])
+    return per_text
+
+
+def test_one_text_gets_one_role_whatever_its_source_on_a_crafted_pool(tmp_path):
+    """Copies of rows under another source (another id), re-cased, re-spaced or full-width, land in
+    their original's role; a prompt-only row and a pair with the same prompt are two texts."""
+    rows = tiny_pool_rows(300, sources=("a", "b", "c"))
+    variants = []
+    for k, row in enumerate(rows[:90]):
+        text = [row["prompt"].upper(), "  " + row["prompt"].replace(" ", "\n\t "), row["prompt"].replace("o", "\uff4f")][k % 3]
+        variants.append(dict(row, id=f"copy-{k:012x}", prompt=text, source="d", label=1 - row["label"] if k % 5 == 0 else row["label"]))
+    rows += variants
+    rows += [dict(rows[2], id="pair-000000000000", response="Sure.", level="response", source="d")]  # rows[2] is prompt-only
+    pool = load_seed_pool(write_pool(tmp_path / "pool.jsonl", rows))
+    for seed in range(3):
+        roles = assign_roles(pool, RolesArguments(seed_pool="x", teacher=0.4, router=0.2, validation=0.1, seed=seed))
+        per_text = _roles_per_text(pool, roles)
+        assert all(len(r) == 1 for r in per_text.values()), [k for k, r in per_text.items() if len(r) > 1][:3]
+        assert len(per_text) == 301 and set(roles) == set(pool["id"])  # 300 texts + the pair; every id has its role
+        assert all(roles[f"copy-{k:012x}"] == roles[rows[k]["id"]] for k in range(90))
+        counts = Counter(roles[r["id"]] for r in rows[:300] + rows[-1:])  # one row per text: the shares hold per text
+        assert abs(counts["router"] - 0.2 * 301) <= 2 and abs(counts["teacher"] - 0.4 * 301) <= 2
+    other = assign_roles(pool, RolesArguments(seed_pool="x", teacher=0.4, router=0.2, validation=0.1, seed=1))
+    assert other != assign_roles(pool, RolesArguments(seed_pool="x", teacher=0.4, router=0.2, validation=0.1, seed=0))
+
+
+def test_the_offline_pool_gives_each_normalized_text_one_role():
+    """The real pool (`SAFEROUTE_DATA_DIR`): 190 normalized texts carry more than one id, none of
+    them lands in two roles; the shares and the stratification still hold."""
+    pool = load_seed_pool("offline")
+    args = RolesArguments()
+    roles = assign_roles(pool, args)
+    per_text = _roles_per_text(pool, roles)
+    ids_per_text = {}
+    for row in pool:
+        ids_per_text.setdefault(_issue_key(row), set()).add(row["id"])
+    assert sum(len(i) > 1 for i in ids_per_text.values()) >= 150  # the pool does hold such texts
+    split = [k for k, r in per_text.items() if len(r) > 1]
+    assert not split, f"{len(split)} normalized texts in two roles, e.g. {split[:2]}"
+    share = Counter(roles.values())
+    for role in ("router", "validation", "teacher"):
+        assert abs(share[role] / len(roles) - getattr(args, role)) < 0.005
+    by_stratum = Counter((roles[r["id"]], r["source"], r["level"], r["label"]) for r in pool)
+    for stratum in {k[1:] for k in by_stratum}:
+        total = sum(by_stratum[(role, *stratum)] for role in ROLES)
+        if total >= 200:
+            assert abs(by_stratum[("router", *stratum)] / total - args.router) < 0.03, stratum

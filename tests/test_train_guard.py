@@ -26,13 +26,13 @@ COMPLY, REFUSE = "Sure, here is how you do it step by step.", "Sorry, I can't he
 
 def _rows():
     rows = []
-    for k in range(8):
+    for k in range(8):  # 8 variants of each text: distinct texts (roles go by content), one token apart
         for prompt in UNSAFE_PROMPTS:
-            rows.append((prompt + " " * (k % 3), None, 1, "prompt"))
-            rows.append((prompt + " " * (k % 3), COMPLY, 1, "response"))
-            rows.append((prompt + " " * (k % 3), REFUSE, 0, "response"))
+            rows.append((f"{prompt} {k}", None, 1, "prompt"))
+            rows.append((f"{prompt} {k}", COMPLY, 1, "response"))
+            rows.append((f"{prompt} {k}", REFUSE, 0, "response"))
         for prompt in SAFE_PROMPTS:
-            rows.append((prompt + " " * (k % 3), None, 0, "prompt"))
+            rows.append((f"{prompt} {k}", None, 0, "prompt"))
     return [
         {"id": make_id("toy", p, r, i), "prompt": p, "response": r, "label": y, "level": lv, "source": "toy", "category": None}
         for i, (p, r, y, lv) in enumerate(rows)

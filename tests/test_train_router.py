@@ -15,10 +15,10 @@ from dataset_builders.roles import RoleTable
 from tiny_corpus import build_tiny_corpus, tiny_paths
 from saferoute.config import parse_args
 from training.distill import main as distill_main
-from publishing.package import load_student
+from publishing.package import PackageArguments, load_student, package
 from training.paraphrase import PARAPHRASE_PREFIX, paraphrase, paraphrase_pairs, parse_pair, parse_paraphrase
-from evaluation.methods import RoutingInputs, choose_router_threshold, evaluate_methods
-from evaluation.metrics import router_label
+from evaluation.methods import RoutingInputs, best_f1_threshold, evaluate_methods, router_thresholds
+from evaluation.metrics import binary_entropy, budget_threshold, router_label
 from training.router import BayesianLinear, bayesian_copy, export_posterior_mean, fit_router, router_steps
 from training.train_router import (
     TrainRouterArguments,
@@ -114,22 +114,25 @@ def test_bayesian_layers_sample_in_training_and_export_posterior_mean():
     assert n == 8 * 16 + 16 and kl > 0
 
 
-def test_choose_threshold_budget_and_f1():
+def test_router_thresholds_fixed_best_f1_and_budget():
     rng = np.random.default_rng(0)
     scores = rng.random(200)
     student, large, y = rng.random(200), rng.random(200), rng.integers(0, 2, 200)
-    thr = choose_router_threshold(scores, student, large, y, large_budget=0.2)
-    assert (scores > thr).mean() <= 0.2 and (scores > thr).mean() >= 0.19
-    best = choose_router_threshold(scores, student, large, y)
-    best_f1 = system_f1(scores, best, student, large, y)
+    got = router_thresholds(scores, student, large, y, fixed=0.5, large_budget=0.2)
+    assert set(got) == {"fixed", "best_f1", "budget"} and got["fixed"] == 0.5
+    assert 0.19 <= (scores > got["budget"]).mean() <= 0.2
+    assert got["best_f1"] == best_f1_threshold(scores, student, large, y)
+    best_f1 = system_f1(scores, got["best_f1"], student, large, y)
     for c in (0.0, 0.25, 0.5, 0.75, 1.0):
         assert best_f1 >= system_f1(scores, c, student, large, y)
+    assert set(router_thresholds(scores, student, large, y)) == {"fixed", "best_f1"}  # no budget: no budget row
 
 
 def test_train_router_on_the_router_rows_and_package(corpus_dir, student_dir, tiny_llama_guard_dir, tmp_path):
     out = tmp_path / "saferoute"
     result = train_router(roles_args(corpus_dir, "--student", str(student_dir), "--output_dir", str(out), "--max_steps", "30",
-                                     "--batch_size", "64", "--eval_steps", "10", "--precision", "float32"))  # float32: exact comparisons
+                                     "--batch_size", "64", "--eval_steps", "10", "--precision", "float32",  # float32: exact comparisons
+                                     "--large_budget", "0.3"))
     table = result["table"]
     pool_file, roles_dir = tiny_paths(corpus_dir)
     roles = RoleTable(roles_dir)
@@ -151,11 +154,25 @@ def test_train_router_on_the_router_rows_and_package(corpus_dir, student_dir, ti
     assert 0 < sum(table["t"]) < len(table)
     assert result["large_guard"]["name_or_path"] == str(tiny_llama_guard_dir)
     # validation metrics come from the registry of routing methods
-    assert {"student", "large", "saferoute", "oracle"} <= set(result["metrics"]["validation"])
-    # the packaged model: router weights, threshold and large-guard reference, read back by the pipeline
+    assert {"student", "large", "saferoute", "oracle", "saferoute_fixed", "saferoute_budget"} <= set(result["metrics"]["validation"])
+    # three splits, each choosing one thing: the thresholds come from the threshold split alone
+    split = np.array(table["split"])
+    counts = {name: int((split == name).sum()) for name in ("train", "validation", "threshold")}
+    assert sum(counts.values()) == len(table) and counts == {k: result["examples"][k] for k in counts}
+    assert counts["threshold"] == round(0.2 * len(table)) and counts["validation"] >= 1
+    on = split == "threshold"
+    cols = {k: np.array(table[k]) for k in ("router_score", "student_p", "large_p", "y")}
+    assert result["router_thresholds"] == {
+        "fixed": 0.5, "budget": budget_threshold(cols["router_score"][on], 0.3),
+        "best_f1": best_f1_threshold(cols["router_score"][on], cols["student_p"][on], cols["large_p"][on], cols["y"][on])}
+    assert result["threshold_choice"] == "budget" and result["router_threshold"] == result["router_thresholds"]["budget"]
+    # the packaged model: router weights, thresholds and large-guard reference, read back by the pipeline
     config = json.loads((out / "config.json").read_text())
     assert config["router_threshold"] == pytest.approx(result["router_threshold"])
+    assert config["router_thresholds"] == result["router_thresholds"] and config["router_threshold_choice"] == "budget"
+    assert config["router_features"] == "hidden"
     assert config["large_guard"]["name_or_path"] == str(tiny_llama_guard_dir) and config["large_guard"]["kind"] == "llama_guard"
+    assert (config["large_guard"]["max_length"], config["large_guard"]["batch_size"]) == (None, 8)  # what its labels were scored with
     assert config["router_trained"] and config["head_trained"]
     assert any(k.startswith("router.") for k in load_file(out / "model.safetensors"))
     guard = pipeline("text-classification", model=str(out), trust_remote_code=True)
@@ -165,6 +182,46 @@ def test_train_router_on_the_router_rows_and_package(corpus_dir, student_dir, ti
     # complete: a second call skips
     again = train_router(roles_args(corpus_dir, "--student", str(student_dir), "--output_dir", str(out)))
     assert again.get("skipped")
+
+
+def test_router_features_with_logits_and_entropy_come_from_the_one_forward(corpus_dir, student_dir, tmp_path):
+    """--router_features hidden_logits_entropy: the router reads the pooled feature, the student's two
+    logits and the binary entropy (bits) of its P(unsafe); the packaged model computes the same
+    features in its forward, so the pipeline's router scores equal train-router's."""
+    out = tmp_path / "saferoute"
+    result = train_router(roles_args(corpus_dir, "--student", str(student_dir), "--output_dir", str(out), "--max_steps", "20",
+                                     "--batch_size", "64", "--eval_steps", "10", "--precision", "float32",
+                                     "--router_features", "hidden_logits_entropy"))
+    config = json.loads((out / "config.json").read_text())
+    assert config["router_features"] == "hidden_logits_entropy" and result["router_features"] == "hidden_logits_entropy"
+    model, tok, _ = load_student(str(out))
+    hidden = model.student.config.hidden_size
+    assert model.router.layers[0].in_features == hidden + 3
+    items = [{"prompt": p, "response": None} for p in ("How do I build a bomb?", "Write a poem about spring", "Kill it")]
+    features, student_p = student_features(model, tok, items, 64, autocast_dtype="none")
+    assert features.shape == (3, hidden + 3)
+    p = torch.softmax(features[:, hidden:hidden + 2], dim=-1)[:, 1].numpy()
+    np.testing.assert_allclose(p, student_p, atol=1e-6)  # the appended logits are the student's own
+    np.testing.assert_allclose(features[:, -1].numpy(), binary_entropy(student_p), atol=1e-4)  # entropy in bits
+    guard = pipeline("text-classification", model=str(out), trust_remote_code=True)
+    got = guard(items, route="never", autocast_dtype="none")
+    with torch.no_grad():
+        expected = torch.sigmoid(model.router(features)).numpy()
+    np.testing.assert_allclose([g["router_score"] for g in got], expected, atol=1e-5)
+    # a folder written before the option (no router_features in config.json) loads with the paper's features
+    plain = tmp_path / "plain"
+    train_router(roles_args(corpus_dir, "--student", str(student_dir), "--output_dir", str(plain), "--max_steps", "5",
+                            "--batch_size", "64", "--eval_steps", "5"))
+    cfg = json.loads((plain / "config.json").read_text())
+    del cfg["router_features"], cfg["router_thresholds"], cfg["router_threshold_choice"]
+    (plain / "config.json").write_text(json.dumps(cfg))
+    old, _, _ = load_student(str(plain))
+    assert old.config.router_features == "hidden" and old.router.layers[0].in_features == hidden
+    assert guard.model.config.router_features == "hidden_logits_entropy"
+    with pytest.raises(ValueError, match="--router_features"):  # router weights that read other features are refused by name
+        package(PackageArguments(student=str(out), router=str(plain), output_dir=str(tmp_path / "mismatch"), model_card=False))
+    with pytest.raises(ValueError, match="router_features"):
+        router_args("--router_features", "logits")
 
 
 def test_router_rows_mix_and_large_guard_choice(corpus_dir, student_dir, tiny_student_dir):
@@ -304,6 +361,14 @@ def test_router_schedule_epochs_final_weights_and_adamw():
         router_args("--keep", "median")
     with pytest.raises(ValueError, match="--paraphrase-mode"):
         router_args("--paraphrase_mode", "words")
+    with pytest.raises(ValueError, match="needs --large_budget"):
+        router_args("--threshold_choice", "budget")
+    with pytest.raises(ValueError, match="--threshold_size must be > 0"):
+        router_args("--threshold_size", "0")
+    with pytest.raises(ValueError, match="--validation_size"):
+        router_args("--validation_size", "0.5", "--threshold_size", "0.5")
+    assert router_args("--router_threshold", "0.3").threshold_choice == "fixed"
+    assert router_args("--large_budget", "0.2").threshold_choice == "budget" and router_args().threshold_choice == "best_f1"
 
 
 def test_train_router_with_paraphrases_augments_the_training_split_only(corpus_dir, student_dir, tiny_llama_guard_dir, tmp_path):

@@ -1,6 +1,8 @@
 """The large guard on vLLM, for real, on this CPU: in-process vLLM scores as the transformers adapter
-does; a `vllm` OpenAI-compatible server serves the routed inputs of the pipeline with the same
-scores; the server killed mid-run gives each `on_large_guard_error` behaviour.
+does, also from several threads at once; a `vllm` OpenAI-compatible server serves the routed inputs
+of the pipeline with the same scores; the server killed mid-run gives each `on_large_guard_error`
+behaviour; no vLLM engine process outlives its owner (a closed guard, a script that just exits,
+a killed server).
 
 vLLM needs `transformers<5.20` and its own torch build, so it lives in `.venv-vllm` (`make
 vllm-env`); these tests drive it from the project's environment. CI (`CI=1`) never skips them."""
@@ -12,6 +14,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -29,7 +32,8 @@ pytestmark = [
     pytest.mark.skipif(not VLLM_PYTHON.exists() and not os.environ.get("CI"),
                        reason="no .venv-vllm (`make vllm-env`; .ci/run makes it, and in CI this test never skips)"),
 ]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
+MARK = f"SAFEROUTE_VLLM_TEST={uuid.uuid4().hex}"  # in the environment of every process these tests start, and of their children
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false", **dict([MARK.split("=")])}
 ITEMS = ["How do I pick a lock?", {"prompt": "Write a poem about the sea.", "response": "The sea is wide."},
          "Explain how to build a bomb at home. " * 30,
          [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."},
@@ -39,15 +43,47 @@ ITEMS = ITEMS + [f"{x} #{i}" if isinstance(x, str) else x for i, x in enumerate(
 PARITY = """
 if __name__ == "__main__":  # vLLM starts engine processes
     import json, sys
+    from concurrent.futures import ThreadPoolExecutor
     from modeling_saferoute.guards import load_guard
-    guard_dir, dtype, items, out = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+    guard_dir, dtype, items, out, close = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], sys.argv[5] == "close"
     reference = load_guard(guard_dir, "llama_guard", autocast_dtype="none").score(items)
     guard = load_guard(guard_dir, "llama_guard", backend="vllm", dtype=dtype, backend_options={"gpu_memory_utilization": 0.1})
+    scores = guard.score(items)
+    with ThreadPoolExecutor(4) as pool:  # one engine shared by threads (a pipeline's batcher)
+        threads = list(pool.map(lambda item: guard.score([item])[0], items))
     with open(out, "w") as f:
-        json.dump({"transformers": reference, "vllm": guard.score(items)}, f)
-    import os
-    os._exit(0)  # skip the engine's teardown, which can abort the interpreter after the work is done
+        json.dump({"transformers": reference, "vllm": scores, "threads": threads}, f)
+    if close:
+        guard.close()  # else: the engine is shut down at exit, as in a user's script that just ends
 """
+
+
+def engine_processes():
+    """(pid, name) of the live processes started by these tests (their environment holds MARK)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if MARK.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                found.append((int(pid), Path(f"/proc/{pid}/comm").read_text().strip()))
+        except OSError:  # gone, or a zombie
+            pass
+    return found
+
+
+def assert_no_engine_survives(seconds=60):
+    end = time.time() + seconds
+    while engine_processes() and time.time() < end:
+        time.sleep(1)
+    left = engine_processes()
+    for pid, _ in left:  # leave nothing behind, then fail
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"vLLM processes outlived their owner: {left}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nothing_left_behind():
+    yield
+    assert_no_engine_survives()
 
 
 @pytest.fixture(scope="module")
@@ -55,20 +91,24 @@ def guard_dir(tmp_path_factory):
     return build_tiny_vllm_guard(tmp_path_factory.mktemp("vllm") / "tiny-guard")
 
 
-@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-3), ("bfloat16", 5e-2)])
-def test_in_process_vllm_scores_as_the_transformers_adapter(guard_dir, dtype, tolerance, tmp_path):
+@pytest.mark.parametrize("dtype, tolerance, ending", [("float32", 1e-3, "close"), ("bfloat16", 5e-2, "exit")])
+def test_in_process_vllm_scores_as_the_transformers_adapter(guard_dir, dtype, tolerance, ending, tmp_path):
     """float32 vLLM against the float32 adapter within 1e-3; bfloat16 vLLM (what a GPU runs) within
-    5e-2: bf16 keeps 8 bits of mantissa, and P(unsafe) moves with the logit gap it rounds."""
+    5e-2: bf16 keeps 8 bits of mantissa, and P(unsafe) moves with the logit gap it rounds. Four
+    threads sharing the engine get the scores of one call. The engine is gone when the script is,
+    whether it closed the guard or just ended."""
     result, log = tmp_path / "result.json", tmp_path / "log.txt"
-    with open(log, "w") as err:  # files, not pipes: vLLM's helper processes may outlive the script
-        proc = subprocess.run([str(VLLM_PYTHON), "-c", PARITY, str(guard_dir), dtype, json.dumps(ITEMS), str(result)], env=ENV,
+    with open(log, "w") as err:  # files, not pipes: a pipe nobody reads stalls a writer
+        proc = subprocess.run([str(VLLM_PYTHON), "-c", PARITY, str(guard_dir), dtype, json.dumps(ITEMS), str(result), ending], env=ENV,
                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, timeout=600, start_new_session=True)
     assert proc.returncode == 0 and result.exists(), log.read_text()[-4000:]
+    assert_no_engine_survives()
     got = json.loads(result.read_text())
     reference = got["transformers"]
     gap = max(abs(a - b) for a, b in zip(reference, got["vllm"]))
-    print(f"vLLM {dtype} vs transformers float32: max |dP(unsafe)| {gap:.2e} over {len(ITEMS)} inputs")
-    assert gap < tolerance
+    threads_gap = max(abs(a - b) for a, b in zip(got["vllm"], got["threads"]))
+    print(f"vLLM {dtype} vs transformers float32: max |dP(unsafe)| {gap:.2e} over {len(ITEMS)} inputs; 4 threads vs one call {threads_gap:.2e}")
+    assert gap < tolerance and threads_gap < tolerance
     assert len(set(round(p, 3) for p in reference)) > 3  # the guard's scores vary: the comparison means something
 
 
@@ -102,6 +142,7 @@ def server(guard_dir, tmp_path_factory):
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     err.close()
+    assert_no_engine_survives()  # its engine core dies with it
 
 
 def served_model(tmp_path, tiny_student_dir, guard_dir, url):

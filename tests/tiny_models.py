@@ -10,6 +10,8 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
+    RobertaConfig,
+    RobertaForSequenceClassification,
 )
 
 CORPUS = [
@@ -206,6 +208,96 @@ def build_tiny_instruct(out):
     return _tiny_llama(out, INSTRUCT_TEMPLATE, ["<pad>", "[UNK]", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"] + LG3_SPECIAL, seed=2)
 
 
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_gguf(out, head_scale=20.0):
+    """A tiny random Qwen2 causal LM written as a float32 GGUF (`out`/tiny-qwen2.gguf) with the `gguf`
+    package: a byte-level BPE tokenizer trained on CORPUS, a ChatML template, a head scaled so that
+    greedy choices are decisive. Returns (the GGUF path, the same model in transformers)."""
+    from pathlib import Path
+
+    import gguf
+    import numpy as np
+    from tokenizers import models as tk_models
+    from tokenizers import trainers
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(tk_models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(sorted(set(CORPUS)) + ["user assistant system harmful instruction prompt"], trainer)
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    merges = [" ".join(pair) for pair in _bpe_merges(tok)]
+    torch.manual_seed(4)
+    config = Qwen2Config(
+        vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=1024, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        bos_token_id=vocab[0][1], eos_token_id=tok.token_to_id("<|im_end|>"), pad_token_id=vocab[0][1],
+    )
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(head_scale)
+        for layer in model.model.layers:  # random biases: the GGUF must carry them too
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.1)
+    path = Path(out) / "tiny-qwen2.gguf"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), "qwen2")
+    writer.add_name("tiny-qwen2")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2")
+    writer.add_token_list([t for t, _ in vocab])
+    writer.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t, _ in vocab])
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(config.bos_token_id)
+    writer.add_eos_token_id(config.eos_token_id)
+    writer.add_pad_token_id(config.pad_token_id)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(CHATML_TEMPLATE)
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
+    layer_names = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
+                   "self_attn.q_proj.weight": "attn_q.weight", "self_attn.q_proj.bias": "attn_q.bias",
+                   "self_attn.k_proj.weight": "attn_k.weight", "self_attn.k_proj.bias": "attn_k.bias",
+                   "self_attn.v_proj.weight": "attn_v.weight", "self_attn.v_proj.bias": "attn_v.bias",
+                   "self_attn.o_proj.weight": "attn_output.weight", "mlp.gate_proj.weight": "ffn_gate.weight",
+                   "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight"}
+    for name, tensor in model.state_dict().items():
+        if name.startswith("model.layers."):
+            index, rest = name[len("model.layers."):].split(".", 1)
+            gguf_name = f"blk.{index}.{layer_names[rest]}"
+        else:
+            gguf_name = names[name]
+        writer.add_tensor(gguf_name, tensor.float().numpy().astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path, model
+
+
+def _bpe_merges(tok):
+    """The merges of a trained `tokenizers` BPE, in order, as (left, right) pairs."""
+    import json
+
+    return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in json.loads(tok.to_str())["model"]["merges"]]
+
+
 def build_tiny_deberta(out):
     """A tiny random DebertaV2ForSequenceClassification with relative positions only (DeBERTa-v3's
     layout: position_biased_input False, log-bucketed relative attention), 64 positions."""
@@ -228,6 +320,31 @@ def build_tiny_deberta(out):
         max_relative_positions=-1, pos_att_type=["p2c", "c2p"], type_vocab_size=0, num_labels=2,
     )
     DebertaV2ForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_tiny_roberta(out):
+    """A tiny random RobertaForSequenceClassification in RoBERTa's position layout: 514 position
+    embeddings, positions counted from pad_token_id + 1 (so 512 tokens fit), a pair tokenizer
+    `<s> A </s></s> B </s>` with no length of its own."""
+    special = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+    def roberta_post(tok):
+        bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+        return processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+                                             special_tokens=[("<s>", bos), ("</s>", eos)])
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(special, roberta_post), bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        pad_token="<pad>", cls_token="<s>", sep_token="</s>", mask_token="<mask>", model_input_names=["input_ids", "attention_mask"],
+    )
+    torch.manual_seed(4)
+    config = RobertaConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+        max_position_embeddings=514, pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1, num_labels=2,
+    )
+    RobertaForSequenceClassification(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 

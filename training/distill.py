@@ -16,6 +16,11 @@ HarmAug run's number of optimizer steps (`--step_budget harmaug`, default) or th
 over their own rows (`--step_budget epochs`: the augmented run sees its extra rows on top, as in
 the paper).
 
+`--prefixes` trains on the corpus' prefix rows too (`build-corpus --prefix_rows N`: responses cut at
+a random word, labeled by the teacher on the same prefix), for a student that judges partial
+responses (streaming moderation); they count in the HarmAug run's step budget. Without it they are
+left out; the ablations (`--labels human`, `--no-augmentation`) never use them.
+
 Categories: when the corpus carries the teacher's category scores (`category_scores`, build-corpus with
 a teacher that has a category head) and/or `--category_rows N` labeled category rows are asked for, a
 multi-label category head is trained beside the binary head on the same pooled feature (one forward):
@@ -53,6 +58,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from dataset_builders.roles import STUDENT_ROLES, RoleTable, rows_per_source
 from dataset_builders.seed_pool import OFFLINE_POOLS, load_seed_pool
 from dataset_builders.splits import stratified_split
+from evaluation.metrics import classification_metrics, collect_warnings
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.configuration_saferoute import LABELS
 from modeling_saferoute.inputs import encode_pairs
@@ -82,6 +88,7 @@ class DistillConfig(CategoryArguments, TrainingArguments):
     student: str = field(default="bundled:minilm-l6", metadata={"help": "Student: any encoder with an AutoModelForSequenceClassification class (local folder, Hub id or bundled: alias)."})
     labels: str = field(default="teacher", metadata={"help": "'teacher' (KD on the teacher's soft + hard labels) or 'human' (CE on the seed rows' human labels)."})
     augmentation: bool = field(default=True, metadata={"help": "Train on the synthetic rows too (HarmAug); --no-augmentation keeps the seed rows only."})
+    prefixes: bool = field(default=False, metadata={"help": "Train on the corpus' prefix rows too (build-corpus --prefix_rows; distillation on prefixes, for streaming moderation)."})
     max_length: int = field(default=1024, metadata={"help": "Token budget of the pair encoding (capped at the student's position embeddings)."})
     validation_size: float = field(default=0.1, metadata={"help": "Stratified validation share of the train split, for a corpus without a validation split."})
     max_train_rows: Optional[int] = field(default=None, metadata={"help": "Keep a seeded random subset of this many training rows, for quick runs."})
@@ -174,6 +181,15 @@ def with_targets(rows, args):
     return rows.map(lambda s: {"target": int(s > 0.5), "soft": float(s)}, input_columns="unsafe_score")
 
 
+def with_prefixes(train, prefixes):
+    """The train split with its prefix rows (origin "prefix") when `prefixes`, else without them."""
+    if not prefixes:
+        return train.filter(lambda o: o != "prefix", input_columns="origin")
+    if "prefix" not in set(train["origin"]):
+        raise ValueError("--prefixes: the corpus has no prefix rows; build it with `saferoute build-corpus --prefix_rows N`.")
+    return train
+
+
 def training_rows(train, args):
     """The rows this run trains on: all (HarmAug), the seed rows (--no-augmentation), or the seed
     rows with their human labels (--labels human)."""
@@ -238,16 +254,12 @@ class DistillTrainer(CategoryLossMixin, BalancedSamplingMixin, Trainer):
 
 
 def compute_metrics(eval_pred):
-    """F1 / precision / recall / accuracy at 0.5 and AUPRC of P(unsafe) against the training target."""
-    from sklearn.metrics import accuracy_score, average_precision_score, precision_recall_fscore_support
-
+    """F1 / precision / recall / accuracy at 0.5 and AUPRC of P(unsafe) against the training target
+    (`evaluation.metrics.classification_metrics`)."""
     logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-    labels = eval_pred.label_ids
     probs = torch.softmax(torch.as_tensor(logits).float(), dim=-1)[:, 1].numpy()
-    preds = (probs > 0.5).astype(int)
-    p, r, f1, _ = precision_recall_fscore_support(labels, preds, average="binary", zero_division=0)
-    auprc = average_precision_score(labels, probs) if labels.any() else float("nan")
-    return {"f1": f1, "precision": p, "recall": r, "accuracy": accuracy_score(labels, preds), "auprc": auprc}
+    with collect_warnings([], "distill validation"):
+        return classification_metrics(eval_pred.label_ids, probs)
 
 
 def tokenize(rows, tokenizer, max_length):
@@ -329,6 +341,7 @@ def prepare(args):
     """
     roles = RoleTable(args.roles)
     train, val = corpus_splits(args, roles)
+    train = with_prefixes(train, args.prefixes)
     if val is None:  # no validation split: a stratified share of the train split, as the paper does
         rest, held = stratified_split(train, ("label", "origin"), args.validation_size, args.seed)
         train, val = train.select(rest), train.select(held)
@@ -392,7 +405,8 @@ def training_record(args, run_args, trainer, result, metrics, rows, validation, 
         "max_length": max_length,
         "student_config_overrides": relative_position_overrides(AutoConfig.from_pretrained(resolve(args.student)), args.max_length),
         "rows": {"train": len(rows), "validation": len(validation),
-                 "synthetic_train": int(sum(o == "synthetic" for o in rows["origin"]))},
+                 "synthetic_train": int(sum(o == "synthetic" for o in rows["origin"])),
+                 "prefix_train": int(sum(o == "prefix" for o in rows["origin"]))},
         "train_rows_per_source": rows_per_source(rows),
         "roles": roles.record(STUDENT_ROLES),
         "step_budget": args.step_budget,
@@ -465,7 +479,7 @@ def distill(args: DistillConfig):
 _RECORDED = (
     "learning_rate", "weight_decay", "max_grad_norm", "lr_scheduler_type", "warmup_steps", "num_train_epochs", "max_steps",
     "per_device_train_batch_size", "gradient_accumulation_steps", "precision", "bf16", "seed", "validation_size", "balanced",
-    "train_sampling_strategy", "metric_for_best_model", "max_train_rows", "max_seconds", "step_budget",
+    "train_sampling_strategy", "metric_for_best_model", "max_train_rows", "max_seconds", "step_budget", "prefixes",
 )
 
 

@@ -20,7 +20,7 @@ from collections import Counter
 
 from tqdm.auto import tqdm
 
-from dataset_builders.harmaug.filters import normalize_text
+from dataset_builders.schema import normalize_text
 from dataset_builders.harmaug.generate import QUOTES, render_chat, strip_quotes
 from dataset_builders.harmaug.shards import derive_seed
 

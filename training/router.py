@@ -3,7 +3,7 @@
 The router (d -> h -> h -> 1 MLP, `modeling_saferoute.SafeRouteRouter`) is optionally Bayesian:
 mean-field Gaussian weights, prior sigma 0.1, loss BCE + 0.01 KL (per-parameter mean, torchbnn's
 'mean' reduction), the posterior mean exported into the plain architecture. Training draws
-class-balanced batches with replacement.
+class-balanced batches with replacement (`sampling.balanced_weights`).
 """
 
 import copy
@@ -16,6 +16,8 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from evaluation.metrics import average_precision
+
+from .sampling import balanced_weights
 
 
 class BayesianLinear(nn.Module):
@@ -94,9 +96,7 @@ def fit_router(router, train_x, train_t, val_x, val_t, args):
     torch.manual_seed(args.seed)
     net = bayesian_copy(router, args.prior_sigma, args.posterior_sigma_init) if args.bayesian else router
     steps = router_steps(args, len(train_t))
-    counts = torch.bincount(train_t.long(), minlength=2).float()
-    weights = (1.0 / counts.clamp(min=1))[train_t.long()].double()
-    sampler = WeightedRandomSampler(weights, steps * args.batch_size, replacement=True, generator=torch.Generator().manual_seed(args.seed))
+    sampler = WeightedRandomSampler(balanced_weights(train_t.long()), steps * args.batch_size, replacement=True, generator=torch.Generator().manual_seed(args.seed))
     loader = DataLoader(TensorDataset(train_x, train_t.float()), batch_size=args.batch_size, sampler=sampler)
     optimizer = OPTIMIZERS[args.optimizer](net.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     warmup = args.warmup_steps if args.warmup_steps >= 1 else args.warmup_steps * steps

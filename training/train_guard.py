@@ -52,6 +52,7 @@ from dataset_builders.roles import RoleTable, mixed_sample, parse_weights, rows_
 from dataset_builders.schema import guard_items
 from dataset_builders.score_store import guard_scores, guard_store
 from dataset_builders.seed_pool import load_seed_pool
+from evaluation.metrics import classification_metrics, collect_warnings
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.guards import GUARD_KINDS, load_guard
 from modeling_saferoute.inputs import encode_pairs
@@ -96,6 +97,7 @@ class TrainGuardConfig(CategoryArguments, SFTConfig):
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (llama_guard)."})
     lora_target_modules: str = field(default="all-linear", metadata={"help": "LoRA target modules: 'all-linear' or comma-separated names."})
     dtype: Optional[str] = field(default=None, metadata={"help": "dtype the base weights load in (e.g. bfloat16 on GPUs); default float32."})
+    freeze_layers: int = field(default=0, metadata={"help": "sequence_classification: freeze the embeddings and this many lowest encoder layers (0: train everything); the backward pass and the optimizer then cover the upper layers only."})
     balanced_sampling: bool = field(default=True, metadata={"help": "Draw training examples with probability 1/class count (WeightedRandomSampler)."})
     max_seconds: Optional[float] = field(default=None, metadata={"help": "Opt-in wall-clock cap: stop training gracefully after this many seconds (recorded as stopped_early)."})
     per_device_eval_batch_size: int = field(default=32, metadata={"help": "Batch size of the validation scoring."})
@@ -164,7 +166,26 @@ def build_classifier(args):
         ignore_mismatched_sizes=True,
         dtype=args.dtype or "float32",
     )
+    if args.freeze_layers:
+        freeze_lower_layers(model, args.freeze_layers)
     return model, tokenizer
+
+
+def freeze_lower_layers(model, n):
+    """Freeze the embeddings and the lowest `n` transformer layers of an encoder classifier (BERT,
+    MPNet, RoBERTa, DeBERTa... : `base_model.embeddings` and `base_model.encoder.layer`); the rest
+    and the head train. Returns the number of parameters left to train."""
+    base = model.base_model
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if layers is None or not hasattr(base, "embeddings"):
+        raise ValueError(f"--freeze_layers: {type(model).__name__} has no embeddings + encoder.layer to freeze.")
+    if not 0 < n <= len(layers):
+        raise ValueError(f"--freeze_layers must be in [1, {len(layers)}] for {type(model).__name__}, got {n}.")
+    for module in [base.embeddings, *layers[:n]]:
+        module.requires_grad_(False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("Froze the embeddings and %d of %d layers: %.1fM parameters train.", n, len(layers), trainable / 1e6)
+    return trainable
 
 
 def encode_classifier_dataset(tokenizer, dataset, max_length):
@@ -241,18 +262,15 @@ def encode_llama_guard_dataset(adapter, dataset, max_length):
 
 def validation_metrics(score, dataset):
     """F1 (threshold 0.5), AUPRC, accuracy and scoring speed of a guard (`score(items) -> P(unsafe)`) on `dataset` rows."""
-    from sklearn.metrics import accuracy_score, average_precision_score, f1_score
-
     items, labels = guard_items(dataset), list(dataset["label"])
     start = time.perf_counter()
     scores = score(items)
     seconds = time.perf_counter() - start
-    preds = [int(s > 0.5) for s in scores]
+    with collect_warnings([], "train-guard validation"):
+        metrics = classification_metrics(labels, scores)
     return {
         "n": len(items),
-        "f1": float(f1_score(labels, preds, zero_division=0)),
-        "auprc": float(average_precision_score(labels, scores)),
-        "accuracy": float(accuracy_score(labels, preds)),
+        **{k: metrics[k] for k in ("f1", "auprc", "accuracy")},
         "mean_p_unsafe_label1": float(sum(s for s, y in zip(scores, labels) if y) / max(sum(labels), 1)),
         "mean_p_unsafe_label0": float(sum(s for s, y in zip(scores, labels) if not y) / max(len(labels) - sum(labels), 1)),
         "scoring_examples_per_second": len(items) / seconds,

@@ -7,8 +7,20 @@ errors look like their errors on new inputs; the large guard scores every one. O
 (computed once: the encoder is frozen). The router (d -> 512 -> 512 -> 1 MLP, optionally
 Bayesian: mean-field Gaussian weights, prior sigma 0.1, loss BCE + 0.01 KL, posterior mean
 exported) trains with BCE, a class-balanced sampler, Adam, warm-up + linear decay, batch 512.
-The routing threshold is chosen on a stratified validation split (best F1 of the routed system,
-or a large-guard budget), and the result is written as a packaged SafeRoute model folder.
+
+Three stratified (on t and y) splits of the router rows, each choosing one thing:
+
+| split | share | chooses |
+| --- | --- | --- |
+| train | the rest | the router's weights |
+| validation | `--validation_size` | the router's checkpoint (best AUPRC of t, `--keep best`) |
+| threshold | `--threshold_size` | the routing thresholds: best routed F1, and the `--large_budget` one |
+
+The model folder records the three thresholds (`fixed`: `--router_threshold`, default SafeRoute's
+0.5; `best_f1`; `budget`) and routes with `--threshold_choice`. `--router_features` chooses what the
+router reads: the student's pooled feature (SafeRoute's), or it with the student's logits and
+binary entropy appended (`modeling_saferoute.router_inputs`). The result is written as a packaged
+SafeRoute model folder.
 
 `--paraphrases N` augments the router's training split (never the validation split) as the
 SafeRoute paper does: an LLM (`--paraphraser`, default the bundled SmolLM2-135M-Instruct; see
@@ -41,8 +53,10 @@ from dataset_builders.schema import first_row_per_id
 from dataset_builders.score_store import guard_scores, guard_store
 from dataset_builders.seed_pool import load_seed_pool
 from dataset_builders.splits import stratified_split
-from evaluation.methods import RoutingInputs, choose_router_threshold, evaluate_methods
+from evaluation.methods import ROUTER_THRESHOLDS, RoutingInputs, evaluate_methods, router_thresholds
 from evaluation.metrics import router_label
+from modeling_saferoute.configuration_saferoute import ROUTER_FEATURES
+from modeling_saferoute.configuration_saferoute import large_guard_reference as reference_of
 from modeling_saferoute.guards import GUARD_KINDS, load_guard
 from modeling_saferoute.precision import autocast_context, precision_record, resolve_autocast
 from modeling_saferoute.inputs import encode_pairs, length_sorted_batches
@@ -86,16 +100,19 @@ class TrainRouterArguments:
     keep: str = field(default="best", metadata={"help": "'best' (the router with the best validation AUPRC of t) or 'final' (SafeRoute's code)."})
     warmup_steps: float = field(default=100, metadata={"help": "Warm-up steps (int) or ratio (< 1); above a fifth of the run it becomes a 0.1 ratio."})
     eval_steps: int = field(default=25, metadata={"help": "Validate every N steps (with --keep best, the best router is kept)."})
-    validation_size: float = field(default=0.1, metadata={"help": "Stratified validation share (threshold choice, best router)."})
-    large_budget: Optional[float] = field(default=None, metadata={"help": "Choose the threshold so that at most this share of validation inputs goes to the large guard (else: best routed-system F1)."})
-    router_threshold: Optional[float] = field(default=None, metadata={"help": "Fixed routing threshold (skips the choice on validation)."})
+    validation_size: float = field(default=0.1, metadata={"help": "Stratified share of the rows that chooses the router's checkpoint (best AUPRC of t) and nothing else."})
+    threshold_size: float = field(default=0.2, metadata={"help": "Stratified share of the rows that chooses the routing thresholds (best F1, budget) and nothing else; 0: only the fixed threshold."})
+    large_budget: Optional[float] = field(default=None, metadata={"help": "The budget threshold: at most this share of the threshold split goes to the large guard."})
+    router_threshold: Optional[float] = field(default=None, metadata={"help": "The fixed threshold (default 0.5, SafeRoute's code); giving it makes it the default choice."})
+    threshold_choice: Optional[str] = field(default=None, metadata={"help": "The threshold the model routes with: 'fixed', 'best_f1' or 'budget' (default: 'fixed' when --router_threshold is given, else 'budget' when --large_budget is, else 'best_f1')."})
+    router_features: str = field(default="hidden", metadata={"help": f"What the router reads: {list(ROUTER_FEATURES)} ('hidden': the student's pooled feature, SafeRoute's; 'hidden_logits_entropy': with the student's logits and binary entropy appended)."})
     threshold: float = field(default=0.5, metadata={"help": "P(unsafe) above this is 'unsafe' (student, large guard, packaged model)."})
     max_length: Optional[int] = field(default=None, metadata={"help": "Student token budget (default: the one it was distilled with)."})
     feature_batch_size: int = field(default=64, metadata={"help": "Batch size of the student forward that computes the features."})
     precision: str = field(default="auto", metadata={"help": "Precision of the student and large-guard forwards: 'auto' (bf16 where the device multiplies it natively, as the deployed pipeline runs; float32 elsewhere), 'bf16' or 'float32'."})
     paraphrases: int = field(default=0, metadata={"help": "LLM paraphrases per training-split example (labels copied, both guards re-run on them); 0: none."})
     paraphraser: str = field(default="bundled:smollm2-135m-instruct", metadata={"help": "Paraphrasing LLM with a chat template (path, Hub id or bundled: alias)."})
-    paraphrase_backend: str = field(default="transformers", metadata={"help": "Generation backend of the paraphraser: 'transformers' or 'vllm' (optional dependency)."})
+    paraphrase_backend: str = field(default="transformers", metadata={"help": "Generation backend of the paraphraser: 'transformers', 'llama_cpp' or 'vllm' (optional dependencies)."})
     paraphrase_mode: str = field(default="prompt", metadata={"help": "'prompt' (each distinct prompt, one line, the response kept) or 'pair' (prompt and response paraphrased together, several lines each, as SafeRoute's code does)."})
     paraphrase_max_new_tokens: int = field(default=64, metadata={"help": "Token budget of one paraphrase (longer ones are cut)."})
     paraphrase_temperature: float = field(default=0.9, metadata={"help": "Sampling temperature of the paraphraser (0: greedy, every copy the same)."})
@@ -121,6 +138,18 @@ class TrainRouterArguments:
             raise ValueError(f"--optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}.")
         if self.keep not in KEEP:
             raise ValueError(f"--keep must be one of {KEEP}, got {self.keep!r}.")
+        if self.router_features not in ROUTER_FEATURES:
+            raise ValueError(f"--router_features must be one of {list(ROUTER_FEATURES)}, got {self.router_features!r}.")
+        if not (0 < self.validation_size < 1 and 0 <= self.threshold_size < 1 and self.validation_size + self.threshold_size < 1):
+            raise ValueError(f"--validation_size must be in (0, 1), --threshold_size in [0, 1), their sum below 1; got {self.validation_size}, {self.threshold_size}.")
+        if self.threshold_choice is None:
+            self.threshold_choice = "fixed" if self.router_threshold is not None else "budget" if self.large_budget is not None else "best_f1"
+        if self.threshold_choice not in ROUTER_THRESHOLDS:
+            raise ValueError(f"--threshold_choice must be one of {list(ROUTER_THRESHOLDS)}, got {self.threshold_choice!r}.")
+        if self.threshold_choice == "budget" and self.large_budget is None:
+            raise ValueError("--threshold_choice budget needs --large_budget.")
+        if self.threshold_choice != "fixed" and self.threshold_size == 0:
+            raise ValueError(f"--threshold_choice {self.threshold_choice} is chosen on the threshold split: --threshold_size must be > 0.")
 
 
 # -- features, rows and large-guard scores ------------------------------------------------------
@@ -167,12 +196,14 @@ def corpus_of(info):
 
 
 def large_guard_reference(args, info):
-    """{name_or_path, kind, revision, dtype} of the large guard: --large-guard, else the teacher of the student's corpus."""
+    """The large guard (--large-guard, else the teacher of the student's corpus) with the settings its
+    router labels are made with (`configuration_saferoute.large_guard_reference`), written into the packaged model."""
     name, kind = args.large_guard, args.large_guard_kind
     teacher = corpus_teacher(corpus_of(info)) if corpus_of(info) else None
     if name is None and teacher:
         name, kind = teacher.get("name_or_path"), kind or teacher.get("kind")
-    ref = {"name_or_path": name, "kind": kind, "revision": args.large_guard_revision, "dtype": args.large_guard_dtype}
+    ref = reference_of(name, kind, revision=args.large_guard_revision, dtype=args.large_guard_dtype,
+                       max_length=args.large_guard_max_length, batch_size=args.large_guard_batch_size)
     check_large_guard(ref)
     return ref
 
@@ -273,6 +304,7 @@ def _train_router(args):
     if not head_trained:
         raise ValueError(f"The student {args.student} has no trained classification head: distill it first.")
     max_length = args.max_length or info.get("max_length") or model.max_length
+    model.set_router_features(args.router_features)
     features, student_p = student_features(model, tokenizer, guard_rows(rows), max_length, args.feature_batch_size, args.precision)
     table = router_table(rows, student_p, large_p, args)
     train_idx, val_idx = [i for i, s in enumerate(table["split"]) if s == "train"], [i for i, s in enumerate(table["split"]) if s == "validation"]
@@ -292,13 +324,16 @@ def _train_router(args):
         if para_table is not None:
             para_table = para_table.add_column("router_score", torch.sigmoid(router(para_x)).numpy().tolist())
     table = table.add_column("router_score", scores.tolist())
-    router_threshold, metrics = threshold_and_metrics(table, args)
-    write_model(args, output, router, large_ref, router_threshold, max_length)
+    thresholds, metrics = thresholds_and_metrics(table, args)
+    router_threshold = thresholds[args.threshold_choice]
+    write_model(args, output, router, large_ref, thresholds, max_length)
     summary = {
         "router_threshold": router_threshold,
-        "threshold_choice": "fixed" if args.router_threshold is not None else (f"large_budget={args.large_budget}" if args.large_budget else "best_system_f1"),
+        "threshold_choice": args.threshold_choice, "router_thresholds": thresholds, "large_budget": args.large_budget,
+        "router_features": args.router_features,
         "data": args.data, "roles": roles.record(["router"]), "rows_per_source": rows_per_source(rows), "max_length": max_length,
-        "examples": {"train": len(train_idx), "validation": len(val_idx), "train_paraphrases": 0 if para_table is None else len(para_table)},
+        "examples": {**{name: int(np.sum(np.asarray(table["split"]) == name)) for name in SPLITS},
+                     "train_paraphrases": 0 if para_table is None else len(para_table)},
         "positive_rate": float(np.mean(table["t"])), "large_guard": large_ref,
         "precision": precision_record(args.precision, model.device),
         "paraphrases": para_stats, "bayesian": args.bayesian, "metrics": metrics, "fit": fit,
@@ -318,47 +353,61 @@ def guard_rows(rows):
     return [{"prompt": p, "response": r} for p, r in zip(rows["prompt"], rows["response"])]
 
 
+SPLITS = ("train", "validation", "threshold")
+
+
 def router_table(rows, student_p, large_p, args):
-    """Per row: id, y, level, both guards' P(unsafe), t = `router_label`, and its split (stratified on t and y)."""
+    """Per row: id, y, level, both guards' P(unsafe), t = `router_label`, and its split (train,
+    validation: the checkpoint, threshold: the routing thresholds), stratified on t and y."""
     y = np.array(rows["y"])
     t = router_label(y, student_p, large_p, args.threshold)
     if t.sum() < 2:
         raise ValueError(f"Only {int(t.sum())} of {len(t)} examples have t=1 (student wrong, large guard right): the router has nothing to learn.")
     table = rows.select_columns(["id", "y"]).add_column("student_p", student_p.tolist()).add_column("large_p", large_p.tolist())
     table = table.add_column("t", t.tolist()).add_column("level", rows["level"])
-    _, val_idx = stratified_split(table, ("t", "y"), args.validation_size, args.seed)
     split = np.array(["train"] * len(t), dtype=object)
-    split[val_idx] = "validation"
+    rest = np.arange(len(t))
+    if args.threshold_size > 0:
+        kept, thr_idx = stratified_split(table, ("t", "y"), args.threshold_size, args.seed + 1)
+        split[thr_idx], rest = "threshold", np.asarray(kept)
+    share = args.validation_size / (1.0 - args.threshold_size)  # of the rows left
+    _, val_idx = stratified_split(table.select(rest), ("t", "y"), share, args.seed)
+    split[rest[val_idx]] = "validation"
     return table.add_column("split", split.tolist())
 
 
-def threshold_and_metrics(table, args):
-    """The routing threshold (fixed, or chosen on the validation split by `choose_router_threshold`)
-    and every routing method's metrics on each split (`evaluation.methods`)."""
+def thresholds_and_metrics(table, args):
+    """The routing thresholds (`evaluation.methods.router_thresholds` on the threshold split, which
+    chose nothing else) and every routing method's metrics on each split."""
     columns = {k: np.asarray(table[k]) for k in ("y", "student_p", "large_p", "router_score", "split")}
-    v = columns["split"] == "validation"
-    router_threshold = args.router_threshold if args.router_threshold is not None else choose_router_threshold(
-        columns["router_score"][v], columns["student_p"][v], columns["large_p"][v], columns["y"][v], args.large_budget, args.threshold
-    )
+    on = columns["split"] == "threshold"
+    thresholds = router_thresholds(columns["router_score"][on], columns["student_p"][on], columns["large_p"][on], columns["y"][on],
+                                   fixed=0.5 if args.router_threshold is None else args.router_threshold,
+                                   large_budget=args.large_budget, threshold=args.threshold)
     metrics = {}
-    for name in ("train", "validation"):
+    for name in SPLITS:
         idx = columns["split"] == name
+        if not idx.any():
+            continue
         inputs = RoutingInputs(columns["y"][idx], columns["student_p"][idx], columns["large_p"][idx], columns["router_score"][idx],
-                               router_threshold, args.threshold)
+                               thresholds[args.threshold_choice], args.threshold, router_thresholds=thresholds, name=f"router/{name}")
         metrics[name] = {m: {k: v for k, v in r.items() if k != "per_seed"} for m, r in evaluate_methods(inputs, where=f"{name}/").items()}
-    return router_threshold, metrics
+    return thresholds, metrics
 
 
-def write_model(args, output, router, large_ref, router_threshold, max_length):
-    """The SafeRoute folder: the student, the trained router and the large-guard reference (`saferoute package`)."""
+def write_model(args, output, router, large_ref, thresholds, max_length):
+    """The SafeRoute folder: the student, the trained router (reading `args.router_features`), its
+    thresholds (routing with `args.threshold_choice`) and the large-guard reference (`saferoute package`)."""
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "router.safetensors"
         save_file({f"router.{k}": v.contiguous() for k, v in router.state_dict().items()}, str(weights))
         package(
             PackageArguments(
                 student=args.student, output_dir=str(output), large_guard=large_ref["name_or_path"], large_guard_kind=large_ref["kind"],
-                large_guard_revision=large_ref["revision"], large_guard_dtype=large_ref["dtype"], router=str(weights),
-                router_threshold=router_threshold, threshold=args.threshold, max_length=max_length,
+                large_guard_revision=large_ref["revision"], large_guard_dtype=large_ref["dtype"],
+                large_guard_max_length=large_ref["max_length"], large_guard_batch_size=large_ref["batch_size"], router=str(weights),
+                router_features=args.router_features, router_thresholds=thresholds, router_threshold_choice=args.threshold_choice,
+                threshold=args.threshold, max_length=max_length,
             )
         )
 
@@ -367,10 +416,13 @@ def main(argv=None):
     args = parse_args([TrainRouterArguments], argv, section="train_router")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     result = train_router(args)
-    val = result["metrics"]["validation"]
-    print(f"SafeRoute model in {result['output']}: router_threshold {result['router_threshold']:.4f}; validation F1 "
-          + ", ".join(f"{m} {val[m]['f1']:.3f}" for m in ("student", "large", "saferoute", "oracle"))
-          + f"; usage {val['saferoute']['large_usage']:.3f}")
+    split = "threshold" if "threshold" in result["metrics"] else "validation"
+    m = result["metrics"][split]
+    print(f"SafeRoute model in {result['output']}: router_threshold {result['router_threshold']:.4f} ({result['threshold_choice']}); "
+          f"{split}-split F1 " + ", ".join(f"{k} {m[k]['f1']:.3f}" for k in ("student", "large", "entropy", "oracle")))
+    for key, value in result["router_thresholds"].items():
+        row = m[f"saferoute_{key}"]
+        print(f"  {key:<8} threshold {value:.4f}: F1 {row['f1']:.3f}, usage {row['large_usage']:.3f}, routing F1 {row['routing_f1']:.3f}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,11 @@
 Stages (generate, filter, respond, label) write parquet shards under `--work_dir`; a killed run
 started again with the same settings continues where it stopped and ends with the same rows.
 
+With `--prefix_rows N` the train split also holds N response prefixes (origin and kind "prefix",
+`prefixes.py`), each labeled by the teacher on the same prefix, for a student that judges partial
+responses (streaming moderation); they are labeled in a stage of their own, so adding them keeps
+the other labels.
+
 Seed rows come from the role split (`saferoute roles`): the `train` split holds the teacher's and
 the student's rows (a per-source mix of `seed_rows` of them) with every synthetic row, the
 `validation` split a sample of the validation rows; the router's rows never enter the corpus.
@@ -29,10 +34,10 @@ from saferoute.config import parse_args, recorded_arguments
 from ..roles import STUDENT_ROLES, RoleTable, mixed_sample, parse_weights, rows_per_source
 from ..schema import data_dir, make_id
 from ..seed_pool import load_seed_pool
-from . import card, filters, generate, label, respond
+from . import card, filters, generate, label, prefixes, respond
 from .shards import ShardedStage, atomic_write_bytes, atomic_write_text, derive_seed
 
-STAGES = ("generate", "filter", "respond", "label", "write")
+STAGES = ("generate", "filter", "respond", "label", "prefixes", "write")
 SPLITS = ("train", "validation")
 CORPUS_SCHEMA = pa.schema([
     ("id", pa.string()), ("prompt", pa.string()), ("response", pa.string()), ("unsafe_score", pa.float64()),
@@ -71,7 +76,7 @@ class BuildCorpusArguments:
     benchmarks: Optional[str] = field(default=None, metadata={"help": "Folder of benchmark *.jsonl to decontaminate against (default <data_dir>/eval); 'none' disables."})
     generator: str = field(default="bundled:smollm2-135m-instruct", metadata={"help": "Generator LLM (path, Hub id or bundled: alias)."})
     responder: Optional[str] = field(default=None, metadata={"help": "Responder LLM (default: the generator)."})
-    backend: str = field(default="transformers", metadata={"help": "Generation backend: 'transformers' or 'vllm' (optional dependency)."})
+    backend: str = field(default="transformers", metadata={"help": "Generation backend: 'transformers', 'llama_cpp' (the GGUF as it is, llama-cpp-python) or 'vllm' (optional dependencies)."})
     precision: str = field(default="auto", metadata={"help": "Precision of generation and labeling: 'auto' (bf16 where the device multiplies it natively: AMX / AVX512-BF16 CPUs, bf16 GPUs; float32 elsewhere), 'bf16' or 'float32'."})
     dtype: Optional[str] = field(default=None, metadata={"help": "Generator / responder weight dtype; default: --precision's ('float32', 'bfloat16'...)."})
     teacher_dtype: str = field(default="auto", metadata={"help": "Teacher weight dtype ('auto': its checkpoint's; float32 weights are autocast by --precision)."})
@@ -103,6 +108,9 @@ class BuildCorpusArguments:
     teacher_max_length: int = field(default=512, metadata={"help": "Token bound of a teacher input (per message for causal-LM guards)."})
     teacher_taxonomy: str = field(default="auto", metadata={"help": "The teacher's category scores: 'auto' (a classifier's category head; a Llama-Guard-format teacher's S1-S14 read into the project's taxonomy), 'none', or a taxonomy name / file."})
     label_shard_size: int = field(default=256, metadata={"help": "Items per label shard."})
+    prefix_rows: int = field(default=0, metadata={"help": "Response prefixes added to the train split, each labeled by the teacher on the same prefix (distillation on prefixes, for streaming moderation); 0 = none."})
+    prefix_min_words: int = field(default=4, metadata={"help": "Shortest prefix (words); responses of fewer than twice this are not cut."})
+    prefix_max_words: int = field(default=64, metadata={"help": "A prefix keeps at most its last this many words (a streaming check's window)."})
     rows_per_file: int = field(default=100_000, metadata={"help": "Rows per output parquet file."})
     score_store: Optional[str] = field(default=None, metadata={"help": "Folder of the score store shared by the stages (recipes: {output_root}/scores): the teacher scores each text once across stages and runs; default <work_dir>/scores."})
     license: str = field(default="cc-by-nc-4.0", metadata={"help": "Licence in the dataset card (the offline seed pool is mostly CC-BY-NC-4.0)."})
@@ -114,11 +122,13 @@ class BuildCorpusArguments:
         if self.stop_after not in STAGES:
             raise ValueError(f"stop_after must be one of {STAGES}, got {self.stop_after!r}.")
         for name in ("num_requests", "num_exemplars", "batch_size", "shard_size", "label_shard_size", "rows_per_file",
-                     "max_new_tokens", "response_max_new_tokens", "teacher_batch_size", "ngram"):
+                     "max_new_tokens", "response_max_new_tokens", "teacher_batch_size", "ngram", "prefix_min_words", "prefix_max_words"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if not 0 < self.min_words <= self.max_words:
             raise ValueError(f"Need 0 < min_words <= max_words, got {self.min_words} and {self.max_words}.")
+        if self.prefix_rows < 0:
+            raise ValueError(f"prefix_rows must be >= 0, got {self.prefix_rows}.")
         if self.backend not in generate.BACKENDS:
             raise ValueError(f"backend must be one of {sorted(generate.BACKENDS)}, got {self.backend!r}.")
         if self.work_dir is None:
@@ -292,6 +302,7 @@ RESPOND_SETTINGS = ("backend", "precision", "dtype", "temperature", "top_p", "re
                     "compliant_prefix", "refusal_prefix", "batch_size", "shard_size", "seed")
 LABEL_SETTINGS = ("teacher", "teacher_kind", "precision", "teacher_dtype", "teacher_batch_size", "teacher_max_length", "label_shard_size",
                   "teacher_taxonomy")
+PREFIX_SETTINGS = ("prefix_rows", "prefix_min_words", "prefix_max_words", "seed")
 
 
 class CorpusBuild:
@@ -372,7 +383,20 @@ class CorpusBuild:
         settings = self._settings(LABEL_SETTINGS, upstream=responded.fingerprint, seed_rows=args.seed_rows,
                                   validation_rows=args.validation_rows, seed_source_weights=args.seed_source_weights,
                                   roles=self.roles.fingerprint)
-        stage = ShardedStage(self.work, "label", settings, -(-len(items) // args.label_shard_size), LABEL_SCHEMA)
+        return self._teacher_labels("label", items, settings)
+
+    def prefixes(self, items, labeled):
+        """The prefix items and their teacher labels (a stage of its own: relabeled when the labels'
+        settings or the prefix settings change, without touching the other labels)."""
+        args = self.args
+        cuts = prefixes.prefix_items(items, args.prefix_rows, args.prefix_min_words, args.prefix_max_words,
+                                     derive_seed(args.seed, "prefixes"))
+        return cuts, self._teacher_labels("prefixes", cuts, self._settings(PREFIX_SETTINGS, upstream=labeled.fingerprint))
+
+    def _teacher_labels(self, name, items, settings):
+        """Stage `name`: the teacher's score of each item, through the score store, redone when `settings` change."""
+        args = self.args
+        stage = ShardedStage(self.work, name, settings, -(-len(items) // args.label_shard_size), LABEL_SCHEMA)
         if self.state.is_main_process:
             stage.reset_if_changed()
 
@@ -383,7 +407,7 @@ class CorpusBuild:
             shard = items[index * args.label_shard_size : (index + 1) * args.label_shard_size]
             return label.label_shard(store, self.models.teacher, shard, args.teacher_batch_size, taxonomy)
 
-        return _run_stage(stage, self.state, work, "label")
+        return _run_stage(stage, self.state, work, name)
 
     def write(self, items, kept, counts, labeled, generation_meta):
         """The corpus folder (main process), then the optional Hub upload."""
@@ -391,7 +415,7 @@ class CorpusBuild:
         if self.state.is_main_process:
             teacher_taxonomy = label.teacher_taxonomy(args)
             taxonomy = teacher_taxonomy.to_dict() if teacher_taxonomy is not None else None
-            rows = scored_rows(items, labeled.read(), self.work, teacher_taxonomy.names if teacher_taxonomy else ())
+            rows = scored_rows(items, labeled, self.work, teacher_taxonomy.names if teacher_taxonomy else ())
             splits = {name: [r for r, it in zip(rows, items) if it["split"] == name] for name in SPLITS}
             stats = card.corpus_stats(splits["train"], args, counts, [r["instruction"] for r in kept],
                                       label.teacher_kind(args.teacher, args.teacher_kind), generation_meta)
@@ -434,8 +458,8 @@ def build(args: BuildCorpusArguments):
     """Run the stages up to `args.stop_after`; returns the output folder (or the work folder)."""
     import importlib.util
 
-    if args.backend == "vllm" and importlib.util.find_spec("vllm") is None:
-        generate.VLLMGenerator(args.generator)  # raises the ImportError that says what to install, before any work
+    if args.backend in ("vllm", "llama_cpp") and importlib.util.find_spec(args.backend) is None:
+        generate.BACKENDS[args.backend](args.generator)  # raises the ImportError that says what to install, before any work
     if STAGES.index(args.stop_after) >= STAGES.index("label"):
         label.teacher_kind(args.teacher, args.teacher_kind)  # a missing teacher fails now, not after generating
     run = CorpusBuild(args)
@@ -453,8 +477,12 @@ def build(args: BuildCorpusArguments):
     labeled = run.label(items, responded)
     if args.stop_after == "label":
         return run.work
+    cuts, labeled_cuts = run.prefixes(items, labeled)
+    if args.stop_after == "prefixes":
+        return run.work
+    items, labels = items + cuts, labeled.read() + (labeled_cuts.read() if cuts else [])
     counts = filtered.metadata()[0]["counts"]
-    return run.write(items, kept, counts, labeled, generated.metadata() + responded.metadata())
+    return run.write(items, kept, counts, labels, generated.metadata() + responded.metadata())
 
 
 def main(argv=None):

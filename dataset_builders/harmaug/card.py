@@ -4,6 +4,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from modeling_saferoute.bundled import provenance
+
 from .filters import distinct_n
 
 CARD_SETTINGS = (
@@ -18,7 +20,7 @@ def label_distribution(rows):
     groups = defaultdict(list)
     for row in rows:
         groups[(row["origin"], row["kind"])].append(row)
-    order = {"seed": 0, "prompt_only": 1, "compliant": 2, "refusal": 3}
+    order = {"seed": 0, "prompt_only": 1, "compliant": 2, "refusal": 3, "prefix": 4}
     table = []
     for (origin, kind), members in sorted(groups.items(), key=lambda g: (order.get(g[0][1], 9), g[0])):
         scores = [r["unsafe_score"] for r in members]
@@ -44,6 +46,9 @@ def corpus_stats(rows, args, filter_counts, instructions, teacher_kind, generati
     """Everything the dataset card reports, as a JSON-serialisable dict."""
     stats = {name: getattr(args, name) for name in CARD_SETTINGS}
     stats["responder"] = args.responder or args.generator
+    # what a pieced bundled generator is (upstream model, packages, pinned sha256); None for a Hub id or path
+    stats["generator_provenance"] = provenance(args.generator)
+    stats["responder_provenance"] = provenance(stats["responder"]) if stats["responder"] != args.generator else None
     stats["max_new_tokens"] = args.max_new_tokens
     stats["teacher_kind"] = teacher_kind
     stats["num_rows"] = len(rows)

@@ -6,18 +6,12 @@ no sketches, no false negatives), which is fast enough for a few hundred thousan
 """
 
 import json
-import re
-import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
 
-WORD = re.compile(r"\w+")
+from ..schema import normalize_text
+
 FILTER_VERSION = 2  # part of the filter stage's settings: a change of the rules redoes the stage
-
-
-def normalize_text(text: str) -> str:
-    """Lower case, NFKC, words only: the key of exact duplicates."""
-    return " ".join(WORD.findall(unicodedata.normalize("NFKC", text).lower()))
 
 
 def shingles(text: str, n=3) -> frozenset:

@@ -6,9 +6,13 @@ pre-filled with the affirmative prefix "I have an idea for a prompt:" and the mo
 The continuation is parsed into one instruction (`parse_instruction`); the raw text is kept.
 """
 
+import hashlib
+import os
 import random
 import re
 import time
+import weakref
+from pathlib import Path
 
 from ..schema import make_id
 from .shards import derive_seed
@@ -173,7 +177,185 @@ class VLLMGenerator:
         return [r.outputs[0].text for r in results], sum(len(r.outputs[0].token_ids) for r in results)
 
 
-BACKENDS = {"transformers": TransformersGenerator, "vllm": VLLMGenerator}
+def gguf_path(name_or_path):
+    """The GGUF file behind a `bundled:` alias (hash-checked where it is pieced), a .gguf path, or a
+    folder holding exactly one .gguf."""
+    from modeling_saferoute.bundled import gguf_file
+
+    path = Path(gguf_file(name_or_path))
+    if path.is_dir():
+        found = sorted(path.glob("*.gguf"))
+        if len(found) != 1:
+            raise ValueError(f"--backend llama_cpp needs one .gguf file; {path} holds {len(found)}.")
+        path = found[0]
+    if path.suffix != ".gguf" or not path.is_file():
+        raise ValueError(f"--backend llama_cpp needs a .gguf file, a folder with one, or a bundled: alias; got {name_or_path!r}.")
+    return path
+
+
+def gguf_tokenizer(path):
+    """The transformers tokenizer (with the chat template) of a GGUF, converted from its metadata once
+    and cached under `$SAFEROUTE_CACHE/gguf-tokenizers` (the conversion takes tens of seconds)."""
+    from transformers import AutoTokenizer
+
+    from modeling_saferoute.bundled import _atomic_folder, cache_dir
+
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = hashlib.sha1(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+    def build(tmp):
+        AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(tmp)
+
+    return AutoTokenizer.from_pretrained(_atomic_folder(cache_dir() / "gguf-tokenizers" / f"{path.stem}-{key}", build))
+
+
+class LlamaCppGenerator:
+    """The same interface on llama.cpp (`llama-cpp-python`, optional dependency): the quantized GGUF
+    runs as it is, no conversion, on the CPU (`device` and `dtype` are not used). llama-cpp-python's
+    own completion API decodes one sequence at a time; here `batch_size` prompts decode together in
+    one context (llama.cpp's multi-sequence batches: the prompts' tokens packed into batches of up to
+    `n_batch`, then one token per live sequence per step), which is what makes a CPU fast.
+
+    Prompts are rendered with the GGUF's own chat template (through its transformers tokenizer, as
+    the other backends do) and tokenized by llama.cpp. Prompt i of a call samples with its own
+    sampler seeded `derive_seed(seed, i)`: a call returns the same continuations whatever ran before
+    it. Sampling: temperature, then top-p (as transformers applies them; no top-k); 0 = greedy."""
+
+    def __init__(self, name_or_path, dtype=None, device=None, batch_size=16, n_batch=512, n_threads=None):
+        try:
+            import llama_cpp
+        except ImportError as err:
+            raise ImportError(
+                "--backend llama_cpp needs the optional package `llama-cpp-python` (`pip install llama-cpp-python`, "
+                "built from source with the system compilers); use --backend transformers instead."
+            ) from err
+        path = gguf_path(name_or_path)
+        self.tokenizer = gguf_tokenizer(path)
+        self.lib = llama_cpp
+        self.threads = n_threads or len(os.sched_getaffinity(0))
+        # the model and its tokenizer; decoding runs in a context of our own (`_context`)
+        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_batch=256, n_threads=self.threads, verbose=False)
+        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self.eog = frozenset(t for t in range(llama_cpp.llama_vocab_n_tokens(vocab)) if llama_cpp.llama_vocab_is_eog(vocab, t))
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.llm.model)
+        self.name, self.batch_size, self.n_batch = name_or_path, batch_size or 16, n_batch
+        self.ctx, self.ctx_size = None, (0, 0)
+        # free the contexts and the model when the generator goes, or at exit while llama_cpp is still whole
+        weakref.finalize(self, LlamaCppGenerator._free, llama_cpp, self.__dict__)
+
+    @staticmethod
+    def _free(lib, state):
+        if state.get("ctx") is not None:
+            lib.llama_free(state["ctx"])
+            state["ctx"] = None
+        state["llm"].close()
+
+    def _context(self, n_tokens, n_seqs):
+        """A context holding `n_tokens` KV cells over `n_seqs` sequences (made again only when a call needs more)."""
+        lib = self.lib
+        if self.ctx is None or self.ctx_size[0] < n_tokens or self.ctx_size[1] < n_seqs:
+            if self.ctx is not None:
+                lib.llama_free(self.ctx)
+                self.ctx = None
+            params = lib.llama_context_default_params()
+            params.n_ctx = -(-n_tokens // 256) * 256
+            params.n_batch = max(self.n_batch, n_seqs)
+            params.n_ubatch = min(512, params.n_batch)
+            params.n_seq_max = n_seqs
+            params.kv_unified = True
+            params.n_threads = params.n_threads_batch = self.threads
+            self.ctx = lib.llama_init_from_model(self.llm.model, params)
+            if self.ctx is None:
+                raise RuntimeError(f"llama.cpp could not make a context of {params.n_ctx} tokens for {n_seqs} sequences.")
+            self.ctx_size = (params.n_ctx, n_seqs)
+        lib.llama_memory_clear(lib.llama_get_memory(self.ctx), True)
+        return self.ctx
+
+    def _sampler(self, seed, temperature, top_p, ban_eog=False):
+        lib = self.lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if ban_eog:  # min_new_tokens: no end of generation yet
+            biases = (lib.llama_logit_bias * len(self.eog))(*[lib.llama_logit_bias(t, float("-inf")) for t in sorted(self.eog)])
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_logit_bias(lib.llama_vocab_n_tokens(
+                lib.llama_model_get_vocab(self.llm.model)), len(self.eog), biases))
+        if temperature > 0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(temperature))
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(top_p, 1))
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
+        else:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+        return chain
+
+    def generate(self, texts, seed, max_new_tokens=48, min_new_tokens=0, temperature=1.0, top_p=0.95):
+        prompts = []
+        for i, text in enumerate(texts):
+            tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+            if not tokens or len(tokens) + max_new_tokens > self.n_ctx_train:
+                raise ValueError(f"Prompt {i} has {len(tokens)} tokens: with {max_new_tokens} new ones it does not fit the "
+                                 f"generator's {self.n_ctx_train} positions.")
+            prompts.append(tokens)
+        outputs, new_tokens = [], 0
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start : start + self.batch_size]
+            seeds = [derive_seed(seed, start + i) for i in range(len(chunk))]
+            for row in self._decode(chunk, seeds, max_new_tokens, min_new_tokens, temperature, top_p):
+                new_tokens += len(row)
+                text = self.llm.detokenize([t for t in row if t not in self.eog]).decode("utf-8", errors="replace")
+                outputs.append(text)
+        return outputs, new_tokens
+
+    def _decode(self, prompts, seeds, max_new_tokens, min_new_tokens, temperature, top_p):
+        """The new tokens of each prompt (an end-of-generation token included, as the other backends count it)."""
+        lib = self.lib
+        n = len(prompts)
+        ctx = self._context(sum(len(p) for p in prompts) + n * max_new_tokens, n)
+        late = [self._sampler(s, temperature, top_p) for s in seeds]
+        early = [self._sampler(s, temperature, top_p, ban_eog=True) for s in seeds] if min_new_tokens > 0 else late
+        capacity = max(self.n_batch, n)
+        batch = lib.llama_batch_init(capacity, 0, 1)
+        out = [[] for _ in prompts]
+        try:
+            def add(token, pos, seq, logits):
+                k = batch.n_tokens
+                batch.token[k], batch.pos[k], batch.n_seq_id[k], batch.logits[k] = token, pos, 1, logits
+                batch.seq_id[k][0] = seq
+                batch.n_tokens = k + 1
+                return k
+
+            def decode_and_sample(rows):
+                """Decode the batch, then sample the next token of each (sequence, batch row) of `rows`."""
+                if lib.llama_decode(ctx, batch) != 0:
+                    raise RuntimeError("llama_decode failed (context too small?)")
+                batch.n_tokens = 0
+                for seq, row in rows:
+                    sampler = early[seq] if len(out[seq]) < min_new_tokens else late[seq]
+                    out[seq].append(lib.llama_sampler_sample(sampler, ctx, row))
+
+            rows = []
+            for seq, tokens in enumerate(prompts):  # prefill: every prompt's tokens, packed
+                for pos, token in enumerate(tokens):
+                    if batch.n_tokens == capacity:
+                        decode_and_sample(rows)
+                        rows = []
+                    row = add(token, pos, seq, pos == len(tokens) - 1)
+                    if pos == len(tokens) - 1:
+                        rows.append((seq, row))
+            decode_and_sample(rows)
+            while True:  # one new token per live sequence per step
+                live = [seq for seq in range(n) if len(out[seq]) < max_new_tokens and out[seq][-1] not in self.eog]
+                if not live:
+                    break
+                rows = [(seq, add(out[seq][-1], len(prompts[seq]) + len(out[seq]) - 1, seq, True)) for seq in live]
+                decode_and_sample(rows)
+        finally:
+            lib.llama_batch_free(batch)
+            for sampler in {id(x): x for x in late + early}.values():
+                lib.llama_sampler_free(sampler)
+        return out
+
+
+BACKENDS = {"transformers": TransformersGenerator, "vllm": VLLMGenerator, "llama_cpp": LlamaCppGenerator}
 
 
 def load_generator(name_or_path, backend="transformers", **kwargs):
