@@ -497,7 +497,7 @@ def test_teacher_head_then_corpus_scores_then_student_kd(custom_taxonomy, tiny_s
     # distill: KD of the teacher's category probabilities into the student's head (no labeled rows)
     student = distill(parse_args([DistillConfig], [
         "--corpus", str(corpus), "--roles", str(data / "roles"), "--student", str(tiny_student_dir),
-        "--output_dir", str(tmp_path / "student"), "--max_steps", "40", "--learning_rate", "1e-2", "--warmup_steps", "0", "--per_device_train_batch_size", "32", "--eval_strategy", "no",
+        "--output_dir", str(tmp_path / "student"), "--max_steps", "120", "--learning_rate", "1e-2", "--warmup_steps", "0", "--per_device_train_batch_size", "32", "--eval_strategy", "no",
         "--save_strategy", "no", "--load_best_model_at_end", "false", "--weight_decay", "0", "--category_loss_weight", "4"], section="distill"))
     record = json.loads((student / "training_info.json").read_text())["categories"]
     assert record["taxonomy"] == "tiny-desk" and record["labeled_rows"] == 0 and record["teacher_scored_rows"] == len(train)
