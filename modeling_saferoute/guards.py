@@ -252,7 +252,7 @@ class CausalLMGuard(Guard):
         self.verdicts = verdicts or self._transformers_verdicts
         if tokenizer.chat_template is None:
             raise ValueError(f"Causal-LM guard {tokenizer.name_or_path!r} has no chat template in its tokenizer.")
-        limit = position_limit(model.config) if model is not None else None
+        limit = position_limit(model.config) if getattr(model, "config", None) is not None else None  # None: it runs elsewhere
         self.max_length = within_positions(self.max_length or min(DEFAULT_MAX_LENGTH, limit or DEFAULT_MAX_LENGTH), limit,
                                            getattr(getattr(model, "config", None), "_name_or_path", "the guard"))
         safe_word, unsafe_word = verdict_words

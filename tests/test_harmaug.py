@@ -250,7 +250,9 @@ def test_build_writes_a_loadable_hub_dataset(data, tiny_llama_guard_dir, tiny_st
     out = build(args)
     splits = load_dataset(str(out))
     ds = splits["train"]
-    assert ds.column_names == ["id", "prompt", "response", "unsafe_score", "label", "human_label", "level", "source", "origin", "kind"]
+    # the Llama-Guard-format teacher's S1-S14 read into the project's taxonomy (teacher_taxonomy auto)
+    assert ds.column_names == ["id", "prompt", "response", "unsafe_score", "label", "human_label", "level", "source", "origin", "kind",
+                               "category_scores"]
     counts = json.loads((Path(args.work_dir) / "filter" / "counts.json").read_text())
     kept = counts["kept"]
     roles = RoleTable(data / "roles")
