@@ -11,6 +11,12 @@ then computed from the stored scores.
     saferoute evaluate --model outputs/saferoute-guard --benchmarks all --max-per-benchmark 200
     saferoute evaluate --guard outputs/teacher --guard-kind llama_guard --output_dir outputs/eval/teacher
 
+Standing baselines (`--baselines`, default `tfidf_logreg`, `none` to leave them out): TF-IDF +
+logistic regression fitted on the human labels of the teacher and student rows of the role split
+`--roles` (`evaluation/baselines.py`; `--baseline-max-rows`: a seeded sample of them), scored on
+every benchmark through the score store (a rerun fits nothing) and reported as its own row (F1, precision, recall, accuracy, AUPRC) beside the
+models; the report's `settings.baselines` says which rows it was fitted on.
+
 Harm categories (`--categories`, on by default for a model with a category head): per-category AUPRC
 and F1 on `openai_moderation_categories` (nulls masked) of the student, the student's binary score as
 each category's score, the large guard and SafeRoute, and a confusion table of predicted against
@@ -48,6 +54,7 @@ from modeling_saferoute.precision import precision_record, resolve_inference_pre
 from modeling_saferoute.taxonomy import Taxonomy
 from saferoute.config import parse_args, recorded_arguments
 
+from . import baselines as B
 from . import categories as C
 from . import metrics as M
 from .methods import RoutingInputs, evaluate_methods, final_scores, method_titles, routed_mask, usage_sweeps
@@ -77,8 +84,10 @@ class EvaluateArguments:
     entropy_threshold: float = field(default=0.5, metadata={"help": "Entropy baselines route when the student's binary entropy (bits, as in SafeRoute's code) is above this."})
     random_seeds: int = field(default=5, metadata={"help": "Seeds of the random-routing baselines."})
     validation: str = field(default="roles", metadata={"help": "Rows that fit the temperature and the budget threshold: 'roles' (the validation rows of --roles, never trained on), a .jsonl/.parquet file, or 'none'."})
-    roles: str = field(default="{output_root}/roles", metadata={"help": "The role split whose validation rows --validation roles reads."})
+    roles: str = field(default="{output_root}/roles", metadata={"help": "The role split whose validation rows --validation roles reads (and whose teacher and student rows the baselines fit on)."})
     seed_pool: str = field(default="offline", metadata={"help": "The pool the role split was made from."})
+    baselines: str = field(default="tfidf_logreg", metadata={"help": f"Standing baselines reported as rows of their own, fitted on the human labels of the teacher and student rows of --roles: a comma-separated list of {list(B.BASELINES)}, or 'none'."})
+    baseline_max_rows: Optional[int] = field(default=None, metadata={"help": "Fit the baselines on at most this many of those rows (a seeded per-source sample; default all)."})
     max_validation: Optional[int] = field(default=None, metadata={"help": "At most this many validation rows (stratified per source)."})
     large_budget: Optional[float] = field(default=None, metadata={"help": "Choose the budget row's router threshold here, on the validation rows (usage <= this share), instead of reading the one train-router chose on its threshold split (the model's config)."})
     batch_size: int = field(default=32, metadata={"help": "Batch size of the student and of the guards (unless the model's config sets one)."})
@@ -154,8 +163,9 @@ def _average(per_benchmark, metrics):
     """Mean over benchmarks of each metric of each method; a seeded method's std is over its per-seed averages."""
     methods = next(iter(per_benchmark.values())).keys()
     out = {}
-    for method in methods:
-        out[method] = {m: float(np.mean([b[method][m] for b in per_benchmark.values()])) for m in metrics}
+    for method in methods:  # a baseline row has no routing metrics
+        out[method] = {m: float(np.mean([b[method][m] for b in per_benchmark.values()])) for m in metrics
+                       if all(m in b[method] for b in per_benchmark.values())}
         if "per_seed" in next(iter(per_benchmark.values()))[method]:
             seeds = np.array([[b[method]["per_seed"][m] for b in per_benchmark.values()] for m in metrics])
             out[method]["std"] = {m: float(np.std(seeds[i].mean(axis=0))) for i, m in enumerate(metrics)}
@@ -200,6 +210,9 @@ def _check(args):
         raise ValueError("--large-budget needs a SafeRoute --model and a validation split (--validation).")
     if args.random_seeds < 1:
         raise ValueError(f"--random-seeds must be >= 1, got {args.random_seeds}.")
+    B.parse_baselines(args.baselines)
+    if args.baseline_max_rows is not None and args.baseline_max_rows < 2:
+        raise ValueError(f"--baseline-max-rows must be >= 2 (a row of each class), got {args.baseline_max_rows}.")
 
 
 def _large_guard_reference(args, config):
@@ -231,6 +244,38 @@ def _validation_split(args):
     else:
         rows = load_seed_pool(args.validation)
     return mixed_sample(rows, args.max_validation, None, args.seed)
+
+
+def _baseline_stores(args):
+    """{name: (score store, lazy scorer)} of the --baselines, made before any model scores (a missing
+    role split fails the run at once, not after the models)."""
+    names = B.parse_baselines(args.baselines)
+    if not names:
+        return {}
+    try:
+        roles = RoleTable(args.roles)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e} --baselines {','.join(names)} fits on the teacher and student rows of the role split "
+                                "--roles; pass the split's folder as --roles, or --baselines none.") from e
+    stores = {}
+    for name in names:
+        store = B.baseline_store(_store_root(args), name, roles, args.seed_pool, args.baseline_max_rows, args.seed, args.recompute)
+        stores[name] = (store, B.baseline_scorer(store, name, roles, args.seed_pool, args.baseline_max_rows, args.seed))
+    return stores
+
+
+def _evaluate_baselines(args, datasets, run, stores):
+    """Each baseline's row on every benchmark (`metrics.classification_metrics` of its stored
+    P(unsafe)), its PR curve and its column of scores.parquet. Returns (settings, scored)."""
+    for name, (store, scorer) in stores.items():
+        for bench, ds in datasets.items():
+            scores = cached_scores(store, scorer, guard_items(ds), f"{bench} ({name})")["unsafe_score"].to_numpy(dtype=float)
+            labels = np.asarray(ds["label"])
+            with M.collect_warnings(run.warnings, f"{bench}/{name}"):
+                run.per_method[bench][name] = M.classification_metrics(labels, scores, args.threshold)
+            run.curves["pr"][bench][name] = (*M.pr_curve(labels, scores), run.per_method[bench][name]["auprc"])
+            run.frames[bench][f"{name}_unsafe_score"] = scores
+    return {name: B.fit_record(store) for name, (store, _) in stores.items()}, {name: store.scored for name, (store, _) in stores.items()}
 
 
 def _write_outputs(output, report, scores, curves, plots, category_scores=None):
@@ -426,7 +471,8 @@ def _average_curves(curves, names):
 def report_titles(benchmarks, methods):
     """The display names a report carries for its readers (markdown, plots, model card)."""
     return {"benchmarks": {n: BENCHMARKS[n]._asdict() for n in benchmarks if n in BENCHMARKS},
-            "methods": {**method_titles(methods), **({"guard": "guard"} if "guard" in methods else {})}}
+            "methods": {**method_titles(methods), **({"guard": "guard"} if "guard" in methods else {}),
+                        **{name: b.title for name, b in B.BASELINES.items() if name in methods}}}
 
 
 def run_evaluation(args: EvaluateArguments):
@@ -438,6 +484,7 @@ def run_evaluation(args: EvaluateArguments):
     settings = {"benchmarks": names, "benchmark_source": args.benchmark_source, "max_per_benchmark": args.max_per_benchmark,
                 "seed": args.seed, "threshold": args.threshold, "precision": precision_record(args.precision, _device(args))}
     run = _Run()
+    baselines = _baseline_stores(args)
     if args.guard:
         models, metrics, scored = _evaluate_guard(args, datasets, run)
         categories, category_frame = _guard_categories(args, run.warnings)
@@ -446,6 +493,9 @@ def run_evaluation(args: EvaluateArguments):
         config = AutoConfig.from_pretrained(resolve(args.model), trust_remote_code=True)
         categories, category_frame = _saferoute_categories(args, config, _large_guard_reference(args, config),
                                                            settings["router_threshold"], run.warnings)
+    if baselines:
+        settings["baselines"], baseline_scored = _evaluate_baselines(args, datasets, run, baselines)
+        scored = {**scored, **baseline_scored}
     methods = list(next(iter(run.per_method.values())))
     report = {
         "mode": "guard" if args.guard else "saferoute",

@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from dataset_builders.benchmarks import BENCHMARKS  # noqa: E402
 
+from .baselines import BASELINES  # noqa: E402
 from .methods import METHODS, ROUTER_THRESHOLDS  # noqa: E402
 
 TITLES = {
@@ -24,12 +25,17 @@ TITLES = {
 GUARD = {"title": "guard", "color": "tab:blue"}  # the single row of guard mode
 
 
+def _row(name):
+    """The registered method or baseline `name` (None: the guard row, or an unknown name)."""
+    return METHODS.get(name) or BASELINES.get(name)
+
+
 def _title(name):
-    return GUARD["title"] if name == "guard" else METHODS[name].title if name in METHODS else name
+    return GUARD["title"] if name == "guard" else _row(name).title if _row(name) else name
 
 
 def _color(name):
-    return GUARD["color"] if name == "guard" else METHODS[name].color if name in METHODS else None
+    return GUARD["color"] if name == "guard" else _row(name).color if _row(name) else None
 
 
 def _short(name):
@@ -57,7 +63,12 @@ def markdown_report(report):
     for key, value in report["models"].items():
         out.append(f"- {key}: `{value.get('name_or_path')}` (kind `{value.get('kind')}`)")
     out.append("- examples: " + ", ".join(f"{_short(n)} {report['benchmarks'][n]['n']}" for n in names))
-    out.append("- settings: " + ", ".join(f"{k}={v}" for k, v in settings.items() if k != "benchmarks"))
+    out.append("- settings: " + ", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("benchmarks", "baselines")))
+    for name, b in (settings.get("baselines") or {}).items():
+        fit = b["fitted_on"]
+        rows = "?" if fit.get("rows") is None else f"{fit['rows']:,}"
+        out.append(f"- baseline {b['title']}: fitted on the human labels of {rows} rows, the {' + '.join(fit['role_names'])} roles of "
+                   f"the role split {fit['roles_fingerprint']} (pool {fit['seed_pool']})")
     out.append("")
     methods = list(report["average"]["methods"])
     metrics = report["metrics"]

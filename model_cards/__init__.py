@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 TEMPLATES = Path(__file__).parent
 CARD_METHODS = ("student", "large", "saferoute", "saferoute_fixed", "saferoute_best_f1", "saferoute_budget", "random_same_usage",
-                "random_p50", "entropy", "temperature", "oracle")
+                "random_p50", "entropy", "temperature", "oracle", "tfidf_logreg")  # the last: evaluate's standing baseline
 CARD_METRICS = (("f1", "F1 (threshold 0.5)"), ("auprc", "AUPRC"), ("large_usage", "share sent to the large guard"))
 
 
@@ -55,9 +55,9 @@ def results_table(report):
     for metric, title in CARD_METRICS:
         lines += [f"**{title}**", "", header, rule]
         for method in [m for m in report["average"]["methods"] if m in CARD_METHODS]:
-            cells = [report["benchmarks"][n]["methods"][method][metric] for n in names]
-            avg = report["average"]["methods"][method][metric]
-            lines.append(f"| {methods.get(method, method)} | " + " | ".join(f"{c:.3f}" for c in cells) + f" | {avg:.3f} |")
+            cells = [report["benchmarks"][n]["methods"][method].get(metric) for n in names]
+            cells.append(report["average"]["methods"][method].get(metric))  # a baseline row has no large-guard usage
+            lines.append(f"| {methods.get(method, method)} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
         lines.append("")
     return "\n".join(lines)
 

@@ -415,7 +415,7 @@ def test_evaluate_reports_per_category_auprc_f1_and_confusion_recomputable_from_
 
     shutil.copytree(openai_packaged, model)
     report = run_evaluation(EvaluateArguments(model=str(model), benchmarks="openai_moderation", max_per_benchmark=20, validation="none",
-                                              max_category_rows=120, output_dir=str(tmp_path / "eval"), router_threshold=0.5))
+                                              baselines="none", max_category_rows=120, output_dir=str(tmp_path / "eval"), router_threshold=0.5))
     cats = report["categories"]
     assert cats["n"] == 120 and cats["taxonomy"] == "openai-moderation"
     assert set(cats["systems"]) == {"student", "student_binary", "large_guard", "saferoute"}

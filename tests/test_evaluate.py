@@ -12,6 +12,7 @@ import pytest
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_score, recall_score
 
+import evaluation.baselines as B
 import evaluation.evaluate as E
 from dataset_builders.benchmarks import load_benchmarks
 from dataset_builders.schema import guard_items
@@ -20,7 +21,8 @@ from evaluation import metrics as M
 from evaluation.methods import METHODS, RoutingInputs, evaluate_methods, final_scores, routed_mask
 from saferoute.cli import main as cli
 from publishing.package import PackageArguments, package
-from tiny_corpus import tiny_pool_rows, write_pool
+from dataset_builders.roles import STUDENT_ROLES, RoleTable
+from tiny_corpus import tiny_pool_rows, tiny_roles, write_pool
 
 BENCHMARKS = ["openai_moderation", "toxicchat", "harmbench", "wildguardmix_prompt", "wildguardmix_response", "xstest_response"]
 ARGS = ["--benchmarks", "all", "--max-per-benchmark", "50", "--max-validation", "60"]
@@ -29,11 +31,20 @@ THRESHOLDS = {"fixed": 0.5, "best_f1": 0.35, "budget": 0.7}  # as train-router w
 
 @pytest.fixture(scope="module", autouse=True)
 def validation_rows(tmp_path_factory):
-    """Labeled rows the tiny models never saw, for the temperature fit and the budget (`--validation FILE`)."""
-    path = write_pool(tmp_path_factory.mktemp("validation") / "validation.jsonl", tiny_pool_rows(120, seed=3))
-    ARGS.extend(["--validation", path])
+    """A tiny pool and its role split (the TF-IDF baseline fits on its teacher and student rows:
+    `--roles`, `--seed_pool`), and labeled rows the tiny models never saw, for the temperature fit
+    and the budget (`--validation FILE`, last)."""
+    folder = tmp_path_factory.mktemp("validation")
+    pool = write_pool(folder / "pool.jsonl", tiny_pool_rows(160, seed=0))
+    path = write_pool(folder / "validation.jsonl", tiny_pool_rows(120, seed=3))
+    added = ["--roles", str(tiny_roles(pool, folder / "roles")), "--seed_pool", pool, "--validation", path]
+    ARGS.extend(added)
     yield path
-    del ARGS[-2:]
+    del ARGS[-len(added):]
+
+
+def _arg(flag):
+    return ARGS[ARGS.index(flag) + 1]
 
 
 def _boom(*args, **kwargs):
@@ -69,30 +80,49 @@ def _text_labels():
     return {text_key(it): y for ds in load_benchmarks(BENCHMARKS, "offline", 50, 0).values() for it, y in zip(guard_items(ds), ds["label"])}
 
 
-def test_first_run_writes_report_cache_and_plots(first_run):
+def test_first_run_writes_report_cache_and_plots(first_run, saferoute_dir):
     report = json.loads((first_run / "report.json").read_text())
     assert report["mode"] == "saferoute"
     assert list(report["benchmarks"]) == BENCHMARKS
     for name, bench in report["benchmarks"].items():
         assert bench["n"] == 50
-        assert set(bench["methods"]) == set(METHODS)
+        assert set(bench["methods"]) == set(METHODS) | {"tfidf_logreg"}
         for method in METHODS:
             assert set(M.METRICS) <= set(bench["methods"][method])
+        assert set(bench["methods"]["tfidf_logreg"]) == set(M.CLASSIFICATION_METRICS)  # no routing metrics
         assert set(bench["throughput"]) == {"student", "large_guard", "saferoute"}
         assert bench["throughput"]["student"]["examples_per_second"] > 0
         assert bench["methods"]["large"]["large_usage"] == 1.0 and bench["methods"]["student"]["large_usage"] == 0.0
     assert report["scored_this_run"]["student"] > 300 and report["scored_this_run"]["large_guard"] > 250
+    assert report["scored_this_run"]["tfidf_logreg"] > 250
     assert 0 < report["settings"]["temperature"] and report["settings"]["entropy_unit"] == "bits"
     assert report["settings"]["router_thresholds"] == THRESHOLDS and report["settings"]["router_threshold_choice"] == "budget"
     assert report["settings"]["router_threshold"] == THRESHOLDS["budget"]
-    assert len(_mtimes(first_run)) == 2  # the SafeRoute model's and the large guard's caches
+    assert len(_mtimes(first_run)) == 3  # the SafeRoute model's, the large guard's and the baseline's caches
     for png in ("pr_curves.png", "f1_vs_usage.png"):
         assert (first_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (first_run / "report.md").read_text()
     assert "| SafeRoute |" in md and "## Throughput" in md and "## SafeRoute routing thresholds" in md
     assert "| budget | 0.7000 |" in md and md.count("| yes |") == 1
     scores = pd.read_parquet(first_run / "scores.parquet")
-    assert len(scores) == 300 and scores[["student_unsafe_score", "router_score", "large_unsafe_score"]].notna().all().all()
+    columns = ["student_unsafe_score", "router_score", "large_unsafe_score", "tfidf_logreg_unsafe_score"]
+    assert len(scores) == 300 and scores[columns].notna().all().all()
+    # the baseline's row: its own title in every table (F1 and AUPRC filled, no routing metric), the rows it was fitted on
+    assert report["titles"]["methods"]["tfidf_logreg"] == B.BASELINES["tfidf_logreg"].title
+    table_rows = [line for line in md.splitlines() if line.startswith(f"| {B.BASELINES['tfidf_logreg'].title} |")]
+    filled = [all(cell.strip() != "-" for cell in line.split("|")[2:-1]) for line in table_rows]
+    assert filled == [metric in M.CLASSIFICATION_METRICS for metric in M.METRICS]  # one row per metric's table
+    fit = report["settings"]["baselines"]["tfidf_logreg"]["fitted_on"]
+    roles = RoleTable(_arg("--roles"))
+    assert fit["roles_fingerprint"] == roles.fingerprint and fit["role_names"] == list(STUDENT_ROLES)
+    assert fit["rows"] == sum(role in STUDENT_ROLES for role in roles.roles.values()) > 50
+    assert f"fitted on the human labels of {fit['rows']} rows" in md
+    average = report["average"]["methods"]["tfidf_logreg"]
+    assert set(average) == set(M.CLASSIFICATION_METRICS) and 0 <= average["f1"] <= 1 and 0 < average["auprc"] <= 1
+    card = (saferoute_dir / "README.md").read_text()  # the model card's tables carry the row too (usage: "-")
+    card_rows = [line for line in card.splitlines() if line.startswith(f"| {B.BASELINES['tfidf_logreg'].title} |")]
+    assert len(card_rows) == 3 and f"{average['f1']:.3f} |" in card_rows[0] and card_rows[2].endswith("| - |")
+    assert f"fitted on the human labels of\n{fit['rows']:,} rows" in card
 
 
 def test_rerun_loads_no_model(first_run, saferoute_dir, monkeypatch):
@@ -100,9 +130,11 @@ def test_rerun_loads_no_model(first_run, saferoute_dir, monkeypatch):
     mtimes = _mtimes(first_run)
     monkeypatch.setattr(E, "pipeline", _boom)
     monkeypatch.setattr(E, "load_guard", _boom)
+    monkeypatch.setattr(B, "load_seed_pool", _boom)  # the baseline reads the store: no pool, no fit
     cli(["evaluate", "--model", str(saferoute_dir), *ARGS, "--output_dir", str(first_run)])
     after = json.loads((first_run / "report.json").read_text())
-    assert after["scored_this_run"] == {"student": 0, "large_guard": 0}
+    assert after["scored_this_run"] == {"student": 0, "large_guard": 0, "tfidf_logreg": 0}
+    assert after["settings"]["baselines"] == before["settings"]["baselines"]  # the fit's record comes from the store
     assert _mtimes(first_run) == mtimes
     assert after["benchmarks"] == before["benchmarks"] and after["average"] == before["average"]
 
@@ -123,10 +155,10 @@ def test_other_large_guard_is_not_served_stale_scores(first_run, saferoute_dir, 
     monkeypatch.setattr(E, "pipeline", _boom)  # the student's scores are reused
     report = E.evaluate_saferoute(saferoute_dir, benchmarks="toxicchat,harmbench", max_per_benchmark=50, validation=ARGS[-1],
                                   max_validation=60, output_dir=str(out), large_guard=str(guard_dir),
-                                  large_guard_kind="llama_guard", plots=False)
-    assert report["scored_this_run"]["student"] == 0
+                                  large_guard_kind="llama_guard", plots=False, roles=_arg("--roles"), seed_pool=_arg("--seed_pool"))
+    assert report["scored_this_run"]["student"] == 0 and report["scored_this_run"]["tfidf_logreg"] == 0
     assert report["scored_this_run"]["large_guard"] >= 95  # 100 rows, a few duplicate ids
-    assert len(_mtimes(out)) == 3
+    assert len(_mtimes(out)) == 4
 
 
 def _synthetic_cache(folder, labels_by_key):
@@ -205,9 +237,11 @@ def test_every_reported_number_recomputes_with_sklearn(first_run, saferoute_dir,
     assert settings["router_thresholds"]["budget"] == M.budget_threshold(val_router, 0.2) != THRESHOLDS["budget"]
     assert (val_router > settings["router_thresholds"]["budget"]).mean() <= 0.2
     assert settings["router_thresholds"]["best_f1"] == THRESHOLDS["best_f1"] and settings["router_threshold"] == THRESHOLDS["budget"]
-    for cache in stores.values():  # each row carries its own text's stored score
+    for store, cache in stores.items():  # each row carries its own text's stored score
         pairs = [("student_unsafe_score", "student_unsafe_score"), ("router_score", "router_score")]
-        for mine, theirs in pairs if "router_score" in cache else [("large_unsafe_score", "unsafe_score")]:
+        if "router_score" not in cache:
+            pairs = [("tfidf_logreg_unsafe_score" if store.name.startswith("baseline-") else "large_unsafe_score", "unsafe_score")]
+        for mine, theirs in pairs:
             assert (cache.loc[row_keys, theirs].to_numpy() == scores[mine].to_numpy()).all()
     for name in BENCHMARKS:
         f = scores[scores["benchmark"] == name]
@@ -225,10 +259,15 @@ def test_every_reported_number_recomputes_with_sklearn(first_run, saferoute_dir,
                 assert reported[method][metric] == pytest.approx(np.mean([x[metric] for x in runs]), abs=1e-9)
                 assert reported[method]["std"][metric] == pytest.approx(np.std([x[metric] for x in runs]), abs=1e-9)
         assert reported["saferoute"]["large_usage"] == pytest.approx(reported["random_same_usage"]["large_usage"])
+        baseline = f["tfidf_logreg_unsafe_score"].to_numpy()
+        assert baseline.std() > 0.1  # the synthetic scores again
+        expected = _sk(y, baseline, np.zeros(len(y), bool), target)
+        for metric in M.CLASSIFICATION_METRICS:
+            assert reported["tfidf_logreg"][metric] == pytest.approx(expected[metric], abs=1e-9), (name, metric)
         t = report["benchmarks"][name]["throughput"]
         assert t["saferoute"]["seconds"] == pytest.approx(
             f["student_seconds"].sum() + f["large_seconds"][routes["saferoute"]].sum())
-    for method in METHODS:
+    for method in [*METHODS, "tfidf_logreg"]:
         assert report["average"]["methods"][method]["f1"] == pytest.approx(
             np.mean([report["benchmarks"][n]["methods"][method]["f1"] for n in BENCHMARKS]))
     assert report["average"]["methods"]["oracle"]["f1"] >= report["average"]["methods"]["large"]["f1"]
@@ -239,12 +278,13 @@ def test_every_reported_number_recomputes_with_sklearn(first_run, saferoute_dir,
 
 def test_guard_mode(tiny_student_dir, tmp_path):
     report = E.evaluate_guard(tiny_student_dir, "sequence_classification", benchmarks="toxicchat,harmbench",
-                              max_per_benchmark=20, output_dir=str(tmp_path / "g"))
+                              max_per_benchmark=20, output_dir=str(tmp_path / "g"), roles=_arg("--roles"), seed_pool=_arg("--seed_pool"))
     assert report["mode"] == "guard" and list(report["benchmarks"]) == ["toxicchat", "harmbench"]
     scores = pd.read_parquet(tmp_path / "g" / "scores.parquet")
     for name, bench in report["benchmarks"].items():
         f = scores[scores["benchmark"] == name]
-        assert set(bench["methods"]) == {"guard"}
+        assert set(bench["methods"]) == {"guard", "tfidf_logreg"}  # the baseline row in guard mode too
+        assert bench["methods"]["tfidf_logreg"]["auprc"] == pytest.approx(average_precision_score(f["label"], f["tfidf_logreg_unsafe_score"]))
         assert bench["methods"]["guard"]["auprc"] == pytest.approx(average_precision_score(f["label"], f["unsafe_score"]))
         assert bench["methods"]["guard"]["accuracy"] == pytest.approx(accuracy_score(f["label"], f["unsafe_score"] > 0.5))
         assert bench["throughput"]["guard"]["examples_per_second"] > 0
@@ -260,7 +300,13 @@ def test_bad_arguments(saferoute_dir, tiny_student_dir, tmp_path):
         E.evaluate_guard(tiny_student_dir, "sequence_classification", large_budget=0.2)
     no_large = package(PackageArguments(student=str(tiny_student_dir), output_dir=str(tmp_path / "m"), model_card=False))
     with pytest.raises(ValueError, match="no large guard"):
-        E.evaluate_saferoute(no_large, benchmarks="harmbench", max_per_benchmark=5, output_dir=str(tmp_path / "e"), validation="none")
+        E.evaluate_saferoute(no_large, benchmarks="harmbench", max_per_benchmark=5, output_dir=str(tmp_path / "e"), validation="none",
+                             baselines="none")
+    with pytest.raises(ValueError, match="--baselines: unknown baseline 'bm25'"):
+        E.evaluate_saferoute(saferoute_dir, baselines="tfidf_logreg,bm25")
+    with pytest.raises(FileNotFoundError, match="--baselines tfidf_logreg fits on the teacher and student rows.*--baselines none"):
+        E.evaluate_guard(tiny_student_dir, "sequence_classification", benchmarks="harmbench", max_per_benchmark=5,
+                         output_dir=str(tmp_path / "g"), roles=str(tmp_path / "no-roles"))
 
 
 # -- the metric helpers on hand-made examples ---------------------------------------------------------

@@ -60,4 +60,4 @@ def test_second_run_resumes_every_stage(smoke_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert weights.stat().st_mtime_ns == before
     report = json.loads((cwd / "outputs" / "eval" / "report.json").read_text())
-    assert report["scored_this_run"] == {"student": 0, "large_guard": 0}
+    assert report["scored_this_run"] == {"student": 0, "large_guard": 0, "tfidf_logreg": 0}

@@ -398,7 +398,7 @@ def test_the_routed_pipeline_and_evaluate_score_the_same_text_with_the_same_sett
         assert (ref["max_length"], ref["batch_size"], ref["options"], ref["backend"]) == (40, 3, {"temperature": 2.0, "max_content_tokens": 24},
                                                                                           "openai_compatible")
         report = evaluate_saferoute(out, benchmarks="wildguardmix_response", max_per_benchmark=16, validation="none",
-                                    output_dir=str(tmp_path / "eval"), plots=False, model_card=False, precision="float32")
+                                    baselines="none", output_dir=str(tmp_path / "eval"), plots=False, model_card=False, precision="float32")
         served_by_evaluate = len(calls)
         items = guard_items(load_benchmarks(["wildguardmix_response"], "offline", 16, 0)["wildguardmix_response"])
         routed = pipeline("text-classification", model=str(out), trust_remote_code=True, autocast_dtype="none")(items, route="always")
