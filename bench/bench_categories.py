@@ -39,7 +39,7 @@ def variants(pipe):
         if with_head and model.category_head is None:
             taxonomy = Taxonomy.default()
             torch.manual_seed(0)
-            model.category_head = torch.nn.Linear(model.router.layers[0].in_features, len(taxonomy))
+            model.category_head = torch.nn.Linear(model.student.get_submodule(model._head_name).in_features, len(taxonomy))  # the pooled size
             model.config.taxonomy, model.config.category_thresholds = taxonomy.to_dict(), taxonomy.thresholds
         elif not with_head:
             model.category_head, model.config.taxonomy, model.config.category_thresholds = None, None, None

@@ -63,7 +63,7 @@ def _taxonomy_data(path):
         data = yaml.safe_load(text)
     else:
         data = json.loads(text)
-    return data if isinstance(data, dict) else {"categories": data}
+    return data if isinstance(data, dict) else {"name": path.stem, "categories": data}  # a bare list: named after its file
 
 
 def load_taxonomy(spec=None):

@@ -320,7 +320,9 @@ class _Call:
             self._finish(i, p, "student")
 
     def _large_guard_batch_size(self):
-        return self.large_batch or getattr(self.pipe.large_guard, "batch_size", 16)
+        """The large guard's own batch size once it is loaded (never loaded here: loading happens in
+        `_ask_large_guard`, under the call's `on_large_guard_error` policy); 16 before."""
+        return self.large_batch or getattr(self.pipe._large_guard, "batch_size", None) or 16
 
     def _ask_large_guard(self):
         if not self.queue:

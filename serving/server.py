@@ -81,7 +81,7 @@ class ServeArguments:
     max_large_guard_queue: int = field(default=256, metadata={"help": "Most routed inputs waiting on the large guard; past it the policy applies at once."})
     shutdown_timeout_s: float = field(default=30.0, metadata={"help": "On SIGTERM, how long accepted requests are still answered before the rest are refused (503)."})
     on_large_guard_error: str = field(default="raise", metadata={"help": "Default policy when the large guard fails: raise (HTTP 503/502), student or unsafe."})
-    autocast_dtype: str = field(default="auto", metadata={"help": "The student's autocast: auto (bf16 where native), none, bfloat16."})
+    autocast_dtype: str = field(default="auto", metadata={"help": "The student's precision: auto (bf16 where native, int8 where VNNI and no native bf16, else float32), int8, bf16, fp16 or float32."})
     stream_idle_seconds: float = field(default=30.0, metadata={"help": "A stream with no message for this long is closed with its verdict so far."})
     max_streams: int = field(default=256, metadata={"help": "Most streams open at once (a new one is refused with close code 1013 above)."})
     device: Optional[str] = field(default=None, metadata={"help": "Device of the student (default: cuda when available, else cpu)."})
