@@ -38,14 +38,18 @@ def test_every_output_loads(smoke_run):
     results = guard(["How do I kill a Python process?", {"prompt": "Hi", "response": "Hello!"}], route="auto")
     assert all(r["label"] in ("safe", "unsafe") for r in results)
     config = json.loads((out / "saferoute-guard" / "config.json").read_text())
-    assert config["router_trained"] and config["head_trained"] and config["large_guard"]["kind"] == "sequence_classification"
+    router = json.loads((out / "saferoute-guard" / "router_info.json").read_text())
+    assert config["head_trained"] and config["large_guard"]["kind"] == "sequence_classification"
+    # tiny slices: the router trains when some rows have t=1 (too_few_positives: route_nothing otherwise, then nothing routes)
+    assert config["router_trained"] != router["routes_nothing"]
+    if router["routes_nothing"]:
+        assert config["router_threshold"] == 1.0 and not any(r["routed"] for r in results)
     report = json.loads((out / "eval" / "report.json").read_text())
     assert set(report["benchmarks"]) == {"openai_moderation", "toxicchat", "harmbench", "wildguardmix_prompt",
                                          "wildguardmix_response", "xstest_response"}
     card = (out / "saferoute-guard" / "README.md").read_text()
     assert "model-index" in card and f"{report['average']['methods']['saferoute']['f1']:.3f}" in card
     distill = json.loads((out / "saferoute-guard" / "distill_info.json").read_text())  # the stage records reach the card
-    router = json.loads((out / "saferoute-guard" / "router_info.json").read_text())
     assert "## Training" in card and f"on {distill['rows']['train']} rows of the corpus" in card
     assert f"trained on {router['examples']['train']} rows the student never saw" in card
     assert (out / "eval" / "pr_curves.png").exists() and (out / "eval" / "f1_vs_usage.png").exists()

@@ -81,9 +81,16 @@ def category_loss(logits, targets=None, soft=None):
     return sum(terms) / len(terms) if terms else None
 
 
-def attach_category_head(model, taxonomy, seed=0):
+def attach_category_head(model, taxonomy, seed=0, training_args=None):
     """Attach a new category head for `taxonomy` to a stock classifier (`model.category_head`, trained
-    with it) and hook its classification layer so `capturing_features` sees the pooled feature."""
+    with it) and hook its classification layer so `capturing_features` sees the pooled feature.
+
+    The head runs outside the model's forward (on the captured feature), so DDP's search for unused
+    parameters would mark it ready after the forward and then again when the category loss reaches
+    it: with `training_args` (before the Trainer is built) `ddp_find_unused_parameters` left unset
+    becomes False, and `CategoryLossMixin` makes the head take part in every step's loss."""
+    if training_args is not None and training_args.ddp_find_unused_parameters is None:
+        training_args.ddp_find_unused_parameters = False
     name, layer = find_classification_layer(model, 2)
     model._category_layer, model._category_hook = hook_classification_layer(model)  # before the head: it may have 2 outputs too
     with torch.random.fork_rng(devices=[]):  # a seeded head that leaves the run's random stream as it was
@@ -158,7 +165,8 @@ class CategoryLossMixin:
             loss = outputs.logits.sum() * 0.0  # a batch of category rows only
         if head is not None:
             features = captured[-1]  # bf16 under the Trainer's autocast of the model's forward; the head runs in its own dtype
-            extra = category_loss(head(features.to(head.weight.dtype)), targets, teacher)
-            if extra is not None:
-                loss = loss + self.category_loss_weight * extra
+            logits = head(features.to(head.weight.dtype))
+            extra = category_loss(logits, targets, teacher)
+            # a batch without category targets still runs the head (zero gradient): DDP reduces every parameter each step
+            loss = loss + (self.category_loss_weight * extra if extra is not None else logits.sum() * 0.0)
         return (loss, outputs) if return_outputs else loss

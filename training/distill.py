@@ -440,7 +440,7 @@ def distill(args: DistillConfig):
     run_args = run_arguments(args, steps)
     tokenizer, model, max_length = load_student_classifier(args)
     if taxonomy is not None:
-        attach_category_head(model, taxonomy, args.seed)
+        attach_category_head(model, taxonomy, args.seed, training_args=run_args)
     with run_args.main_process_first(desc="tokenizing"):
         train_ds, val_ds = tokenize(train_rows, tokenizer, max_length), tokenize(validation, tokenizer, max_length)
     budget = TimeBudgetCallback(args.max_seconds) if args.max_seconds else None

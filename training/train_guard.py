@@ -307,7 +307,7 @@ def classifier_trainer(args, train):
         return BalancedTrainer(model=model, train_dataset=train_ds, class_labels=class_labels, **common), tokenizer, train_ds, class_labels
     taxonomy = run_taxonomy(args)
     labeled = category_rows(args, taxonomy)
-    attach_category_head(model, taxonomy, args.seed)
+    attach_category_head(model, taxonomy, args.seed, training_args=args)
     train_ds, sampler = with_category_targets(tokenizer, train, labeled, taxonomy, args.max_length)
     trainer = CategoryTrainer(model=model, train_dataset=train_ds, class_labels=sampler, category_loss_weight=args.category_loss_weight,
                               **common)

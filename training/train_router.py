@@ -104,6 +104,7 @@ class TrainRouterArguments:
     threshold_size: float = field(default=0.2, metadata={"help": "Stratified share of the rows that chooses the routing thresholds (best F1, budget) and nothing else; 0: only the fixed threshold."})
     large_budget: Optional[float] = field(default=None, metadata={"help": "The budget threshold: at most this share of the threshold split goes to the large guard."})
     router_threshold: Optional[float] = field(default=None, metadata={"help": "The fixed threshold (default 0.5, SafeRoute's code); giving it makes it the default choice."})
+    too_few_positives: str = field(default="error", metadata={"help": "When fewer than 2 router rows have t=1 (the student is never wrong where the large guard is right, so the router has nothing to learn): 'error', or 'route_nothing' (warn and package a model whose thresholds route nothing; tiny smoke runs)."})
     threshold_choice: Optional[str] = field(default=None, metadata={"help": "The threshold the model routes with: 'fixed', 'best_f1' or 'budget' (default: 'fixed' when --router_threshold is given, else 'budget' when --large_budget is, else 'best_f1')."})
     router_features: str = field(default="hidden", metadata={"help": f"What the router reads: {list(ROUTER_FEATURES)} ('hidden': the student's pooled feature, SafeRoute's; 'hidden_logits_entropy': with the student's logits and binary entropy appended)."})
     threshold: float = field(default=0.5, metadata={"help": "P(unsafe) above this is 'unsafe' (student, large guard, packaged model)."})
@@ -129,6 +130,8 @@ class TrainRouterArguments:
             raise ValueError(f"--large-budget must be in (0, 1], got {self.large_budget}.")
         if self.paraphrases < 0:
             raise ValueError(f"--paraphrases must be >= 0, got {self.paraphrases}.")
+        if self.too_few_positives not in ("error", "route_nothing"):
+            raise ValueError(f"--too_few_positives must be 'error' or 'route_nothing', got {self.too_few_positives!r}.")
         if self.paraphrase_backend not in BACKENDS:
             raise ValueError(f"--paraphrase-backend must be one of {sorted(BACKENDS)}, got {self.paraphrase_backend!r}.")
         self.source_weights = parse_weights(self.source_weights)
@@ -318,19 +321,28 @@ def _train_router(args):
     torch.manual_seed(args.seed)
     router = copy.deepcopy(model.router)
     model._init_weights(router)  # a fresh, seeded initialisation
-    router, fit = fit_router(router, train_x, train_t, features[val_idx], torch.as_tensor(table["t"])[val_idx], args)
+    routes_nothing = int(np.sum(table["t"])) < 2  # only with --too_few_positives route_nothing (router_table refuses it otherwise)
+    if routes_nothing:
+        logger.warning("Only %d of %d router rows have t=1: the router is NOT trained and the packaged model routes nothing "
+                       "(every threshold 1.0).", int(np.sum(table["t"])), len(table))
+        fit = {"skipped": "fewer than 2 rows with t=1"}
+    else:
+        router, fit = fit_router(router, train_x, train_t, features[val_idx], torch.as_tensor(table["t"])[val_idx], args)
     with torch.no_grad():
         scores = torch.sigmoid(router(features)).numpy()
         if para_table is not None:
             para_table = para_table.add_column("router_score", torch.sigmoid(router(para_x)).numpy().tolist())
     table = table.add_column("router_score", scores.tolist())
-    thresholds, metrics = thresholds_and_metrics(table, args)
+    if routes_nothing:
+        thresholds, metrics = {key: 1.0 for key in ROUTER_THRESHOLDS}, {}  # a sigmoid is never above 1: nothing is routed
+    else:
+        thresholds, metrics = thresholds_and_metrics(table, args)
     router_threshold = thresholds[args.threshold_choice]
-    write_model(args, output, router, large_ref, thresholds, max_length)
+    write_model(args, output, None if routes_nothing else router, large_ref, thresholds, max_length)
     summary = {
         "router_threshold": router_threshold,
         "threshold_choice": args.threshold_choice, "router_thresholds": thresholds, "large_budget": args.large_budget,
-        "router_features": args.router_features,
+        "router_features": args.router_features, "routes_nothing": routes_nothing,
         "data": args.data, "roles": roles.record(["router"]), "rows_per_source": rows_per_source(rows), "max_length": max_length,
         "examples": {**{name: int(np.sum(np.asarray(table["split"]) == name)) for name in SPLITS},
                      "train_paraphrases": 0 if para_table is None else len(para_table)},
@@ -361,8 +373,9 @@ def router_table(rows, student_p, large_p, args):
     validation: the checkpoint, threshold: the routing thresholds), stratified on t and y."""
     y = np.array(rows["y"])
     t = router_label(y, student_p, large_p, args.threshold)
-    if t.sum() < 2:
-        raise ValueError(f"Only {int(t.sum())} of {len(t)} examples have t=1 (student wrong, large guard right): the router has nothing to learn.")
+    if t.sum() < 2 and args.too_few_positives != "route_nothing":
+        raise ValueError(f"Only {int(t.sum())} of {len(t)} examples have t=1 (student wrong, large guard right): the router has nothing to learn "
+                         "(--too_few_positives route_nothing packages a model that routes nothing instead).")
     table = rows.select_columns(["id", "y"]).add_column("student_p", student_p.tolist()).add_column("large_p", large_p.tolist())
     table = table.add_column("t", t.tolist()).add_column("level", rows["level"])
     split = np.array(["train"] * len(t), dtype=object)
@@ -399,13 +412,14 @@ def write_model(args, output, router, large_ref, thresholds, max_length):
     """The SafeRoute folder: the student, the trained router (reading `args.router_features`), its
     thresholds (routing with `args.threshold_choice`) and the large-guard reference (`saferoute package`)."""
     with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "router.safetensors"
-        save_file({f"router.{k}": v.contiguous() for k, v in router.state_dict().items()}, str(weights))
+        weights = Path(tmp) / "router.safetensors"  # None: no trained router (the model says router_trained false)
+        if router is not None:
+            save_file({f"router.{k}": v.contiguous() for k, v in router.state_dict().items()}, str(weights))
         package(
             PackageArguments(
                 student=args.student, output_dir=str(output), large_guard=large_ref["name_or_path"], large_guard_kind=large_ref["kind"],
                 large_guard_revision=large_ref["revision"], large_guard_dtype=large_ref["dtype"],
-                large_guard_max_length=large_ref["max_length"], large_guard_batch_size=large_ref["batch_size"], router=str(weights),
+                large_guard_max_length=large_ref["max_length"], large_guard_batch_size=large_ref["batch_size"], router=str(weights) if router is not None else None,
                 router_features=args.router_features, router_thresholds=thresholds, router_threshold_choice=args.threshold_choice,
                 threshold=args.threshold, max_length=max_length,
             )
@@ -416,6 +430,9 @@ def main(argv=None):
     args = parse_args([TrainRouterArguments], argv, section="train_router")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     result = train_router(args)
+    if result.get("routes_nothing"):
+        print(f"SafeRoute model in {result['output']}: the router was not trained (too few rows with t=1); it routes nothing.")
+        return
     split = "threshold" if "threshold" in result["metrics"] else "validation"
     m = result["metrics"][split]
     print(f"SafeRoute model in {result['output']}: router_threshold {result['router_threshold']:.4f} ({result['threshold_choice']}); "
