@@ -38,7 +38,7 @@ def mean_tokens(tokenizer, items, max_length, sample=2000, seed=0):
 
 
 def pairs(rows):
-    return [{"prompt": p, "response": r} for p, r in zip(rows["prompt"], rows["response"])]
+    return [{"prompt": p, "response": r if isinstance(r, str) else None} for p, r in zip(rows["prompt"], rows["response"])]  # pandas: NaN
 
 
 def store_table(root):
