@@ -179,21 +179,26 @@ def guard_store(root, name_or_path, kind, precision="auto", device="cpu", recomp
     return ScoreStore(root, key, info, columns, recompute)
 
 
+def guard_scoring(guard, batch_size=None, taxonomy=None, show_progress=True):
+    """items -> the store's columns of a loaded guard: {"unsafe_score": [...]}, and with a `taxonomy`
+    its category columns (the one place a guard's scores become store columns)."""
+    if taxonomy is None:
+        return lambda items: {"unsafe_score": guard.score(items, batch_size=batch_size, show_progress=show_progress)}
+
+    def score(items):
+        unsafe, cats = guard.score(items, batch_size=batch_size, show_progress=show_progress, return_categories=True)
+        return {"unsafe_score": unsafe, **category_values(cats, taxonomy)}
+
+    return score
+
+
 def guard_frame(store, load_guard_fn, items, desc="items", batch_size=None, show_progress=True, chunk_size=None, taxonomy=None):
     """The stored frame of `items` (`unsafe_score`, with a `taxonomy` the category columns, `seconds`);
     the guard is loaded by `load_guard_fn()` (with its categories in `taxonomy`) only when some text
     is missing."""
 
     def load():
-        guard = load_guard_fn()
-        if taxonomy is None:
-            return lambda todo: {"unsafe_score": guard.score(todo, batch_size=batch_size, show_progress=show_progress)}
-
-        def score(todo):
-            unsafe, cats = guard.score(todo, batch_size=batch_size, show_progress=show_progress, return_categories=True)
-            return {"unsafe_score": unsafe, **category_values(cats, taxonomy)}
-
-        return score
+        return guard_scoring(load_guard_fn(), batch_size, taxonomy, show_progress)
 
     return cached_scores(store, LazyScorer(load), items, desc, chunk_size)
 

@@ -46,7 +46,8 @@ from transformers import AutoConfig, pipeline
 from dataset_builders.benchmarks import BENCHMARKS, SOURCES, load_benchmarks, parse_benchmark_names
 from dataset_builders.roles import RoleTable, mixed_sample
 from dataset_builders.schema import guard_items
-from dataset_builders.score_store import LazyScorer, ScoreStore, cached_scores, category_columns, category_values, guard_store, model_key
+from dataset_builders.score_store import (LazyScorer, ScoreStore, cached_scores, category_columns, category_values, guard_scoring,
+                                          guard_store, model_key)
 from dataset_builders.seed_pool import load_seed_pool
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.guards import GUARD_KINDS, effective_max_length, load_guard, load_large_guard
@@ -134,24 +135,13 @@ def guard_scorer(name_or_path, kind, batch_size, taxonomy=None, **load_kwargs):
     """P(unsafe) from `modeling_saferoute.guards.load_guard` (the one guard-scoring implementation),
     and with a `taxonomy`, the guard's category scores in it (NaN for a guard without categories)."""
     extra = {"taxonomy": taxonomy} if taxonomy is not None else {}
-    return LazyScorer(lambda: _scoring(load_guard(name_or_path, kind, **load_kwargs, **extra), batch_size, taxonomy))
+    return LazyScorer(lambda: guard_scoring(load_guard(name_or_path, kind, **load_kwargs, **extra), batch_size, taxonomy))
 
 
 def large_guard_scorer(reference, taxonomy=None, **overrides):
     """The same from a large-guard reference (`guards.load_large_guard`, the one reader of it)."""
     extra = {"taxonomy": taxonomy} if taxonomy is not None else {}
-    return LazyScorer(lambda: _scoring(load_large_guard(reference, **overrides, **extra), None, taxonomy))
-
-
-def _scoring(guard, batch_size, taxonomy=None):
-    if taxonomy is None:
-        return lambda items: {"unsafe_score": guard.score(items, batch_size=batch_size, show_progress=True)}
-
-    def score(items):
-        unsafe, cats = guard.score(items, batch_size=batch_size, show_progress=True, return_categories=True)
-        return {"unsafe_score": unsafe, **category_values(cats, taxonomy)}
-
-    return score
+    return LazyScorer(lambda: guard_scoring(load_large_guard(reference, **overrides, **extra), None, taxonomy))
 
 
 # -- evaluation -------------------------------------------------------------------------------------
