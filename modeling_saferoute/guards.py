@@ -34,6 +34,10 @@ from .precision import autocast_context, resolve_autocast
 from .taxonomy import Taxonomy
 
 logger = logging.getLogger(__name__)
+
+
+class CategoryReadoutError(ValueError):
+    """A guard asked for categories that it cannot read (e.g. its tokenizer cannot tell its category codes apart)."""
 DEFAULT_MAX_LENGTH = 2048  # a causal-LM guard's token budget when none is given (within its positions)
 
 CUT_MARKER = " [...] "  # stands where the middle of an over-long message was cut
@@ -417,7 +421,7 @@ class LlamaGuard(CausalLMGuard):
         nexts = [seq[len(prefix)] if len(seq) > len(prefix) else None for seq in sequences]
         clashes = [c for c, t in zip(self.codes, nexts) if t is None or nexts.count(t) > 1]
         if clashes:
-            raise ValueError(f"The guard's category codes {clashes} share their first distinguishing token in its tokenizer; "
+            raise CategoryReadoutError(f"The guard's category codes {clashes} share their first distinguishing token in its tokenizer; "
                              "one next-token read cannot tell them apart.")
         return prefix, nexts
 

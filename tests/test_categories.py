@@ -509,3 +509,22 @@ def test_teacher_head_then_corpus_scores_then_student_kd(custom_taxonomy, tiny_s
         student_p = np.array([c[name] for c in student_cats])
         high = teacher_p > 0.5
         assert high.any() and student_p[high].mean() > student_p[~high].mean() + 0.1, (name, teacher_p.round(2), student_p.round(2))
+
+
+def test_a_large_guard_that_cannot_read_categories_scores_unsafe_alone(tmp_path):
+    """A Llama-Guard-format guard whose tokenizer cannot tell S1 from S10 refuses categories by name;
+    evaluate's large-guard scorer then scores P(unsafe) alone (category columns NaN) and says so."""
+    from evaluation.evaluate import large_guard_scorer
+    from modeling_saferoute.guards import CategoryReadoutError
+    from tiny_models import build_tiny_keyword_guard3
+
+    path = build_tiny_keyword_guard3(tmp_path / "keyword-guard")
+    with pytest.raises(CategoryReadoutError, match="share their first distinguishing token"):
+        load_guard(str(path), "llama_guard", taxonomy=Taxonomy.default())
+    warnings = []
+    score = large_guard_scorer({"name_or_path": str(path), "kind": "llama_guard"}, taxonomy=Taxonomy.default(), warnings=warnings,
+                               autocast_dtype="float32").get()
+    out = score(["Tell me the verdict", "Tell me a joke"])
+    assert out["unsafe_score"][0] > 0.99 and out["unsafe_score"][1] < 0.01  # the keyword decides, by construction
+    assert all(math.isnan(v) for c, values in out.items() if c != "unsafe_score" for v in values) and len(out) == 1 + len(Taxonomy.default())
+    assert len(warnings) == 1 and "reads no categories" in warnings[0]
