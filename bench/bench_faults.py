@@ -249,7 +249,7 @@ def report(args, thirds, seconds, burst, capacity, memory_before, memory_after, 
             return False, None
         result = payload["results"][0]
         want = {"large_guard": large.get(text), "fail_closed": 1.0}.get(result["decided_by"], student[text]["unsafe_score"])
-        return result["flagged"] == (want > 0.5), abs(result["category_scores"]["unsafe"] - want)
+        return result["flagged"] == (want > 0.5), abs(result["unsafe_score"] - want)
 
     print(f"model {args.model} (student + router), large guard {args.guard} served on loopback ({args.guard_kind}, "
           f"{args.guard_max_length} tokens, budget {args.budget:g} s), policy {args.policy}, deadline {args.deadline_s:g} s, "

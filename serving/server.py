@@ -192,8 +192,8 @@ class Metrics:
 
 
 def moderation_result(result):
-    """One OpenAI-moderation-shaped result from a pipeline result (plus the SafeRoute fields): every
-    category of the model's taxonomy with its flag and score, each applied to the text input."""
+    """One OpenAI-moderation-shaped result from a pipeline result (plus the SafeRoute fields, P(unsafe)
+    among them): every category of the model's taxonomy with its flag and score, each applied to the text input."""
     unsafe = result["label"] == "unsafe"
     if "category_scores" in result:
         scores = result["category_scores"]
@@ -201,7 +201,7 @@ def moderation_result(result):
                "category_applied_input_types": {c: ["text"] for c in scores}}
     else:  # a model without a category head
         out = {"flagged": unsafe, "categories": {"unsafe": unsafe}, "category_scores": {"unsafe": result["unsafe_score"]}}
-    out.update(router_score=result["router_score"], routed=result["routed"], decided_by=result["decided_by"],
+    out.update(unsafe_score=result["unsafe_score"], router_score=result["router_score"], routed=result["routed"], decided_by=result["decided_by"],
                truncated=result["truncated"])
     if "large_guard_error" in result:
         out["large_guard_error"] = result["large_guard_error"]

@@ -55,7 +55,7 @@ def test_moderations_shape_and_the_pipelines_results_under_concurrent_clients(se
         bodies = list(pool.map(ask, texts))
     for body, want in zip(bodies, expected):
         (result,) = body["results"]
-        assert body["id"].startswith("modr-") and set(result) >= {"flagged", "categories", "category_scores", "router_score", "routed", "decided_by"}
+        assert body["id"].startswith("modr-") and set(result) >= {"flagged", "categories", "category_scores", "unsafe_score", "router_score", "routed", "decided_by"}
         assert result["flagged"] == (want["label"] == "unsafe") and result["categories"] == {"unsafe": result["flagged"]}
         assert result["category_scores"]["unsafe"] == pytest.approx(want["unsafe_score"], abs=1e-5)
         assert result["router_score"] == pytest.approx(want["router_score"], abs=1e-5)
