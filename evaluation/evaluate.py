@@ -50,7 +50,7 @@ from dataset_builders.score_store import (LazyScorer, ScoreStore, cached_scores,
                                           guard_store, model_key)
 from dataset_builders.seed_pool import load_seed_pool
 from modeling_saferoute.bundled import resolve
-from modeling_saferoute.guards import GUARD_KINDS, CategoryReadoutError, effective_max_length, load_guard, load_large_guard
+from modeling_saferoute.guards import GUARD_KINDS, effective_max_length, load_guard, load_large_guard
 from modeling_saferoute.precision import precision_record, resolve_inference_precision, resolve_precision
 from modeling_saferoute.taxonomy import Taxonomy
 from saferoute.config import parse_args, recorded_arguments
@@ -140,21 +140,14 @@ def guard_scorer(name_or_path, kind, batch_size, taxonomy=None, **load_kwargs):
 
 def large_guard_scorer(reference, taxonomy=None, warnings=None, **overrides):
     """The same from a large-guard reference (`guards.load_large_guard`, the one reader of it). With a
-    `taxonomy` a guard that cannot read categories (`CategoryReadoutError`) scores P(unsafe) alone, its
-    category columns NaN (SafeRoute then keeps the student's categories), with a warning."""
-    if taxonomy is None:
-        return LazyScorer(lambda: guard_scoring(load_large_guard(reference, **overrides), None))
+    `taxonomy`, a guard that cannot read categories scores P(unsafe) alone (its category columns NaN,
+    so SafeRoute keeps the student's categories), with a report warning."""
 
     def load():
-        try:
-            return guard_scoring(load_large_guard(reference, taxonomy=taxonomy, **overrides), None, taxonomy)
-        except CategoryReadoutError as err:
-            message = f"The large guard {reference.get('name_or_path')!r} reads no categories ({err}); its category scores are left out."
-            logger.warning(message)
-            if warnings is not None:
-                warnings.append(message)
-            unsafe_only, columns = guard_scoring(load_large_guard(reference, **overrides), None), category_columns(taxonomy)
-            return lambda items: {**unsafe_only(items), **{c: [float("nan")] * len(items) for c in columns}}
+        guard = load_large_guard(reference, **overrides, **({"taxonomy": taxonomy} if taxonomy is not None else {}))
+        if taxonomy is not None and guard.taxonomy is None and warnings is not None:
+            warnings.append(f"The large guard {reference.get('name_or_path')!r} reads no categories; its category scores are left out.")
+        return guard_scoring(guard, None, taxonomy)
 
     return LazyScorer(load)
 

@@ -380,9 +380,12 @@ class LlamaGuard(CausalLMGuard):
     reports them in; without `render_taxonomy` the guard's own policy codes (read from its rendered
     prompt, e.g. S1-S14) are mapped by the taxonomy's `llama_guard` map, with it the taxonomy's
     categories replace the guard's policy block. `category_separator` is what the guard writes between
-    its unsafe verdict and the codes ("\n")."""
+    its unsafe verdict and the codes ("\n"). `unreadable_categories`: "raise" (`CategoryReadoutError`)
+    or "skip" (a warning; the guard then scores P(unsafe) alone, `taxonomy` None) when its tokenizer
+    cannot tell its codes apart."""
 
-    def __init__(self, model, tokenizer, taxonomy=None, render_taxonomy=False, category_separator="\n", **kwargs):
+    def __init__(self, model, tokenizer, taxonomy=None, render_taxonomy=False, category_separator="\n", unreadable_categories="raise",
+                 **kwargs):
         kwargs.setdefault("verdict_words", ("safe", "unsafe"))
         kwargs.setdefault("suffix", "\n\n")
         super().__init__(model, tokenizer, **kwargs)
@@ -404,9 +407,15 @@ class LlamaGuard(CausalLMGuard):
             self.code_map = {code: taxonomy.llama_guard.get(code, []) for code in dict.fromkeys(codes)}
             if not any(self.code_map.values()):
                 return  # no policy codes, or none that reports a category of this taxonomy: no categories
-        self.taxonomy = taxonomy
         self.codes = list(self.code_map)
-        self.code_prefix, self.code_ids = self._code_tokens(self.verdict_words[1] + category_separator)
+        try:
+            self.code_prefix, self.code_ids = self._code_tokens(self.verdict_words[1] + category_separator)
+        except CategoryReadoutError as err:
+            if unreadable_categories != "skip":
+                raise
+            logger.warning("%s It scores P(unsafe) alone.", err)
+            return
+        self.taxonomy = taxonomy
         self.max_length -= len(self.code_prefix)  # the category forward reads these tokens after the prompt
 
     def _code_tokens(self, head):
@@ -562,6 +571,8 @@ def load_large_guard(reference, **overrides):
         raise ValueError("The large-guard reference needs name_or_path and kind.")
     settings = {**dict(ref.pop("options", None) or {}), **{k: v for k, v in ref.items() if v is not None}}
     settings.update({k: v for k, v in overrides.items() if v is not None})
+    if settings.get("taxonomy") is not None and issubclass(GUARD_KINDS.get(kind, (object,))[0], LlamaGuard):
+        settings.setdefault("unreadable_categories", "skip")  # the cascade keeps the student's categories then
     if settings.get("backend", "transformers") != "transformers":
         settings.pop("device", None)  # it runs elsewhere
     return load_guard(name, kind, **settings)

@@ -17,7 +17,6 @@ locals, the model's forward passes the router feature per thread, tokenizer call
 tokenizer's lock, and the large guard and the int8 student are made once, under a lock.
 """
 
-import logging
 import threading
 import time
 
@@ -25,13 +24,12 @@ import torch
 from transformers import Pipeline
 
 from .guard_backends import LargeGuardError, LargeGuardUnavailable, is_large_guard_error
-from .guards import CategoryReadoutError, load_large_guard
+from .guards import load_large_guard
 from .inputs import encode_pairs, is_conversation, length_sorted_batches, normalize_batch, windows
 from .precision import autocast_context, normalize_inference_precision, resolve_autocast, resolve_inference_precision
 from .quantization import int8_copy
 from .taxonomy import Taxonomy
 
-logger = logging.getLogger(__name__)
 ROUTE_MODES = ("auto", "never", "always")
 LONG_INPUTS = ("truncate", "chunk")
 ON_LARGE_GUARD_ERROR = ("raise", "student", "unsafe")
@@ -97,13 +95,8 @@ class SafeRoutePipeline(Pipeline):
         autocast = (ref.get("options") or {}).get("autocast_dtype", default)
         if self.taxonomy is not None and "taxonomy" not in (ref.get("options") or {}):
             ref["options"] = {**(ref.get("options") or {}), "taxonomy": self.model.config.taxonomy}  # its categories in this model's taxonomy
-        try:
-            try:
-                return load_large_guard(ref, device=self.device, autocast_dtype=autocast)  # the pipeline's precision by default
-            except CategoryReadoutError as err:  # routed inputs then keep the student's categories
-                logger.warning("The large guard %r reads no categories (%s); routed inputs keep the student's.", ref["name_or_path"], err)
-                ref["options"] = {k: v for k, v in ref["options"].items() if k != "taxonomy"}
-                return load_large_guard(ref, device=self.device, autocast_dtype=autocast)
+        try:  # a guard that cannot read categories scores P(unsafe) alone; routed inputs keep the student's categories
+            return load_large_guard(ref, device=self.device, autocast_dtype=autocast)  # the pipeline's precision by default
         except Exception as err:
             raise LargeGuardUnavailable(
                 f"Inputs were routed to the large guard {ref['name_or_path']!r} (kind {ref['kind']!r}) but it could not be "

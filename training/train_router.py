@@ -55,8 +55,7 @@ from dataset_builders.seed_pool import load_seed_pool
 from dataset_builders.splits import stratified_split
 from evaluation.methods import ROUTER_THRESHOLDS, RoutingInputs, evaluate_methods, router_thresholds
 from evaluation.metrics import router_label
-from modeling_saferoute.configuration_saferoute import ROUTER_FEATURES
-from modeling_saferoute.configuration_saferoute import large_guard_reference as reference_of
+from modeling_saferoute.configuration_saferoute import ROUTER_FEATURES, large_guard_reference as reference_of
 from modeling_saferoute.guards import GUARD_KINDS, load_guard
 from modeling_saferoute.precision import autocast_context, precision_record, resolve_autocast
 from modeling_saferoute.inputs import encode_pairs, length_sorted_batches
@@ -313,7 +312,8 @@ def _train_router(args):
     train_idx, val_idx = [i for i, s in enumerate(table["split"]) if s == "train"], [i for i, s in enumerate(table["split"]) if s == "validation"]
     train_x, train_t = features[train_idx], torch.as_tensor(table["t"])[train_idx]
     para_table, para_stats = None, None
-    if args.paraphrases > 0:  # the training split only: validation stays the real rows
+    routes_nothing = int(np.sum(table["t"])) < MIN_POSITIVES  # only with --too_few_positives route_nothing (router_table refuses it otherwise)
+    if args.paraphrases > 0 and not routes_nothing:  # the training split only: validation stays the real rows
         para_table, para_x, para_stats = paraphrase_rows(args, rows.select(train_idx), large_ref, model, tokenizer, max_length)
         if para_table is not None:
             train_x, train_t = torch.cat([train_x, para_x]), torch.cat([train_t, torch.as_tensor(para_table["t"])])
@@ -321,7 +321,6 @@ def _train_router(args):
     torch.manual_seed(args.seed)
     router = copy.deepcopy(model.router)
     model._init_weights(router)  # a fresh, seeded initialisation
-    routes_nothing = int(np.sum(table["t"])) < 2  # only with --too_few_positives route_nothing (router_table refuses it otherwise)
     if routes_nothing:
         logger.warning("Only %d of %d router rows have t=1: the router is NOT trained and the packaged model routes nothing "
                        "(every threshold 1.0).", int(np.sum(table["t"])), len(table))
@@ -366,6 +365,7 @@ def guard_rows(rows):
 
 
 SPLITS = ("train", "validation", "threshold")
+MIN_POSITIVES = 2  # rows with t=1 the router needs to learn anything
 
 
 def router_table(rows, student_p, large_p, args):
@@ -373,7 +373,7 @@ def router_table(rows, student_p, large_p, args):
     validation: the checkpoint, threshold: the routing thresholds), stratified on t and y."""
     y = np.array(rows["y"])
     t = router_label(y, student_p, large_p, args.threshold)
-    if t.sum() < 2 and args.too_few_positives != "route_nothing":
+    if t.sum() < MIN_POSITIVES and args.too_few_positives != "route_nothing":
         raise ValueError(f"Only {int(t.sum())} of {len(t)} examples have t=1 (student wrong, large guard right): the router has nothing to learn "
                          "(--too_few_positives route_nothing packages a model that routes nothing instead).")
     table = rows.select_columns(["id", "y"]).add_column("student_p", student_p.tolist()).add_column("large_p", large_p.tolist())
@@ -412,14 +412,15 @@ def write_model(args, output, router, large_ref, thresholds, max_length):
     """The SafeRoute folder: the student, the trained router (reading `args.router_features`), its
     thresholds (routing with `args.threshold_choice`) and the large-guard reference (`saferoute package`)."""
     with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "router.safetensors"  # None: no trained router (the model says router_trained false)
+        weights = None  # no trained router: the model says router_trained false
         if router is not None:
-            save_file({f"router.{k}": v.contiguous() for k, v in router.state_dict().items()}, str(weights))
+            weights = str(Path(tmp) / "router.safetensors")
+            save_file({f"router.{k}": v.contiguous() for k, v in router.state_dict().items()}, weights)
         package(
             PackageArguments(
                 student=args.student, output_dir=str(output), large_guard=large_ref["name_or_path"], large_guard_kind=large_ref["kind"],
                 large_guard_revision=large_ref["revision"], large_guard_dtype=large_ref["dtype"],
-                large_guard_max_length=large_ref["max_length"], large_guard_batch_size=large_ref["batch_size"], router=str(weights) if router is not None else None,
+                large_guard_max_length=large_ref["max_length"], large_guard_batch_size=large_ref["batch_size"], router=weights,
                 router_features=args.router_features, router_thresholds=thresholds, router_threshold_choice=args.threshold_choice,
                 threshold=args.threshold, max_length=max_length,
             )
