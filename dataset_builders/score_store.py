@@ -167,10 +167,10 @@ def guard_store(root, name_or_path, kind, precision="auto", device="cpu", recomp
     values left out, and the precision the guard runs in on `device`), so train-guard, build-corpus,
     train-router and evaluate share it when they score with the same settings. With a `taxonomy`, a
     store of its own that also holds the guard's category scores in it (`category_columns`)."""
-    from modeling_saferoute.precision import resolve_precision
+    from modeling_saferoute.guards import guard_precision
 
     settings = {k: v for k, v in load_kwargs.items() if k not in NOT_SCORE_SETTINGS and v is not None and DEFAULTS.get(k) != v}
-    settings["precision"] = resolve_precision(precision, device, warn=False)
+    settings["precision"] = guard_precision(kind, precision, device, load_kwargs.get("dtype"))
     columns = ("unsafe_score",)
     if taxonomy is not None:
         settings["taxonomy"] = {"name": taxonomy.name, "categories": list(taxonomy.names)}

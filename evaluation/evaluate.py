@@ -51,7 +51,7 @@ from dataset_builders.score_store import (LazyScorer, ScoreStore, cached_scores,
 from dataset_builders.seed_pool import load_seed_pool
 from modeling_saferoute.bundled import resolve
 from modeling_saferoute.guards import GUARD_KINDS, effective_max_length, load_guard, load_large_guard
-from modeling_saferoute.precision import precision_record, resolve_inference_precision, resolve_precision
+from modeling_saferoute.precision import precision_record, resolve_inference_precision
 from modeling_saferoute.taxonomy import Taxonomy
 from saferoute.config import parse_args, recorded_arguments
 
@@ -186,11 +186,6 @@ def _device(args):
     import torch
 
     return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _ran(args):
-    """The precision this run scores in (part of every cache key: bf16 and float32 scores differ)."""
-    return resolve_precision(args.precision, _device(args), warn=False)
 
 
 def _check(args):

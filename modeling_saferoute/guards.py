@@ -30,7 +30,8 @@ from .bundled import resolve
 from .categories import category_probabilities, hook_classification_layer, load_category_head
 from .inputs import CHARS_PER_TOKEN_CAP, encode_pairs, length_sorted_batches, normalize_batch, position_limit, tokenizer_lock, turns_of
 from .modeling_saferoute import capturing_features
-from .precision import autocast_context, resolve_autocast
+from .precision import autocast_context, resolve_autocast, resolve_inference_precision, resolve_precision
+from .quantization import int8_classifier_copy
 from .taxonomy import Taxonomy
 
 logger = logging.getLogger(__name__)
@@ -85,8 +86,10 @@ def _progress(iterable, show, desc, total):
 
 class Guard:
     """Base class: batched, sorted by length, `torch.inference_mode()`, bf16 autocast where the
-    device multiplies bf16 natively (`autocast_dtype="auto"`; "none" for float32); subclasses
-    score one batch."""
+    device multiplies bf16 natively (`autocast_dtype="auto"`; "none" for float32; an encoder
+    classifier runs int8 linears where `guard_precision` says so); subclasses score one batch."""
+
+    int8 = False  # does the model run int8 linears (an encoder classifier where int8 is the inference precision)?
 
     def __init__(self, model, tokenizer, batch_size=16, max_length=None, temperature=1.0, autocast_dtype="auto", taxonomy=None):
         if temperature <= 0:
@@ -119,15 +122,11 @@ class Guard:
 
     @property
     def autocast(self):
-        """The autocast dtype of scoring (None: the weights' own dtype); only float32 weights are autocast."""
-        if self.model is None or next(self.model.parameters()).dtype != torch.float32:
+        """The autocast dtype of scoring (None: the weights' own dtype, or int8 linears); only float32
+        weights are autocast."""
+        if self.model is None or next(self.model.parameters()).dtype != torch.float32 or self.int8:
             return None
         return resolve_autocast(self.autocast_dtype, self.device)
-
-    @property
-    def compute_dtype(self):
-        """The dtype the matrix multiplies run in (recorded with the scores it produced), None when remote."""
-        return self.autocast or (next(self.model.parameters()).dtype if self.model is not None else None)
 
     def _lengths(self, items):
         return [len(it["prompt"]) + len(it["response"] or "") + sum(len(t) for _, t in it["context"]) for it in items]
@@ -175,6 +174,11 @@ class SequenceClassificationGuard(Guard):
 
     def __init__(self, model, tokenizer, category_head=None, taxonomy=None, **kwargs):
         super().__init__(model, tokenizer, **kwargs)
+        # int8 where it is the inference precision (asked for, or "auto" on a CPU with VNNI and without
+        # native bf16): the encoder's linears in int8 on a copy that shares the other weights
+        self.int8 = guard_precision("sequence_classification", self.autocast_dtype, self.device, next(model.parameters()).dtype) == "int8"
+        if self.int8:
+            self.model = int8_classifier_copy(model)
         # default: the tokenizer's budget (train-guard records the trained length there); never past
         # the encoder's positions (e.g. 512 for MiniLM, MPNet, RoBERTa)
         limit = position_limit(model.config)
@@ -186,7 +190,7 @@ class SequenceClassificationGuard(Guard):
             if taxonomy is not None:
                 Taxonomy.load(taxonomy).require_same(own, f"The category head of {getattr(model, 'name_or_path', 'the guard')!r}")
             self.category_head, self.taxonomy = head.to(self.device), own
-            hook_classification_layer(model)
+            hook_classification_layer(self.model)
 
     def _logits(self, items):
         encodings, truncated = encode_pairs(self.tokenizer, items, self.max_length)
@@ -509,6 +513,18 @@ def effective_max_length(name_or_path, max_length, revision=None, backend="trans
     except Exception:
         return max_length
     return min(max_length, limit) if limit else max_length
+
+
+def guard_precision(kind, precision="auto", device="cpu", dtype=None):
+    """The precision a guard of `kind` scores in on `device` (what its stored scores are keyed by):
+    an encoder classifier with float32 weights runs "int8" where that is the inference precision (asked
+    for, or "auto" on a CPU with VNNI and without native bf16, `resolve_inference_precision`); every
+    other guard `resolve_precision`'s answer (an explicit "int8" is refused for it)."""
+    adapter = GUARD_KINDS[kind][0] if kind in GUARD_KINDS else None
+    float32 = dtype in (None, "auto", "float32", torch.float32)
+    if adapter is not None and issubclass(adapter, SequenceClassificationGuard) and float32:
+        return resolve_inference_precision(precision, device, warn=False)
+    return resolve_precision(precision, device, warn=False)
 
 
 def load_guard(name_or_path, kind, revision=None, dtype=None, device=None, trust_remote_code=False, backend="transformers",

@@ -9,9 +9,11 @@ The CPU's answer is read from /proc/cpuinfo. `SAFEROUTE_NATIVE_BF16=0` (or `1`) 
 no-bf16 case can be measured on a machine that has bf16 (set `ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI`
 too to make oneDNN's bf16 kernels emulated there as well) and both answers can be tested anywhere.
 
-Inference of the student adds "int8" (`resolve_inference_precision`): "auto" runs the student in
-int8 on a CPU that has int8 dot products (VNNI) but no native bf16, where it is the fast path
-(`modeling_saferoute/quantization.py`); the training stages and the large guard never run in int8.
+Inference of an encoder classifier adds "int8" (`resolve_inference_precision`): "auto" runs the
+student, and an encoder guard (a teacher labeling a corpus, an encoder large guard:
+`guards.guard_precision`), in int8 on a CPU that has int8 dot products (VNNI) but no native bf16,
+where it is the fast path (`modeling_saferoute/quantization.py`); the training stages and causal-LM
+guards never run in int8.
 """
 
 import contextlib

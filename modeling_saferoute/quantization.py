@@ -1,4 +1,5 @@
-"""The int8 student: the fast CPU path where bf16 is not native but int8 dot products are (VNNI).
+"""The int8 student (and int8 encoder guards): the fast CPU path where bf16 is not native but int8
+dot products are (VNNI).
 
 `int8_copy(model)` returns a copy of a SafeRoute model whose student runs its `nn.Linear` layers in
 int8: each output channel's weights on its own scale, each token's activations on its own scale,
@@ -70,11 +71,25 @@ def quantize_linears(module, keep=keeps_float32, prefix=""):
     return replaced
 
 
+def _sharing_copy(model):
+    """A deep copy of `model` that shares every parameter and buffer with it (replaced layers aside)."""
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return copy.deepcopy(model, memo=shared)
+
+
 def int8_copy(model):
     """A copy of a SafeRoute model (eval mode) whose student's linear layers run in int8 (see the
     module docstring). The copy shares every tensor it does not replace with `model`."""
-    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    quantized = copy.deepcopy(model, memo=shared)
+    quantized = _sharing_copy(model)
     head = getattr(model, "_head_name", None)  # the layer whose input the router reads
     quantize_linears(quantized.student, keep=lambda name: name == head or keeps_float32(name))
+    return quantized.eval()
+
+
+def int8_classifier_copy(model):
+    """A copy of an encoder classifier (`AutoModelForSequenceClassification`, eval mode) whose encoder
+    linear layers run in int8, its classification head and pooler float32: how an encoder guard (a
+    teacher labeling a corpus, a large guard) scores where `int8` is the inference precision."""
+    quantized = _sharing_copy(model)
+    quantize_linears(quantized)
     return quantized.eval()

@@ -17,6 +17,7 @@ COMMANDS = {
     "serve": ("serving.server", "Serve a SafeRoute model over HTTP (OpenAI moderation API shape, dynamic batching)."),
     "demo": ("spaces_app.app", "Serve the Gradio demo of a SafeRoute model on localhost."),
     "quickstart": ("saferoute.quickstart", "Run the whole chain with the bundled offline models."),
+    "ablate": ("saferoute.ablation", "The HarmAug ablation (arms x seeds) and the SafeRoute table from one recipe, after the quickstart."),
 }
 
 

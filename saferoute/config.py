@@ -17,7 +17,7 @@ import yaml
 from transformers import HfArgumentParser
 
 SECTIONS = ("roles", "train_guard", "build_corpus", "distill", "train_router", "package", "evaluate", "export",
-            "push", "serve", "quickstart")
+            "push", "serve", "quickstart", "ablate")
 # The top-level settings a recipe may hold besides its sections; each applies to every command
 # that has a field of its name (any other top-level key is refused, never silently dropped).
 SHARED = ("output_root", "seed_pool", "score_store")

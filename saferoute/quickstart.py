@@ -59,7 +59,7 @@ def main(argv=None):
     for i, (name, module, _, _) in enumerate(STAGES, 1):
         if name not in wanted:
             continue
-        t0, cpu0 = time.perf_counter(), _children_cpu()
+        t0, cpu0 = time.perf_counter(), children_cpu()
         print(f"[{i}/{len(STAGES)}] {name} ...", flush=True)
         # Each stage runs as its own command, exactly as a user would run it: memory and thread
         # pools are fresh for every stage, and a crash names the stage that failed.
@@ -67,14 +67,15 @@ def main(argv=None):
         if proc.returncode != 0:
             raise SystemExit(f"quickstart: stage {name} failed (exit {proc.returncode}); fix it and re-run: "
                              "completed stages are skipped.")
-        timings[name] = {"seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(_children_cpu() - cpu0, 1)}
+        timings[name] = {"seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(children_cpu() - cpu0, 1)}
         print(f"[{i}/{len(STAGES)}] {name} done in {timings[name]['seconds']:.0f} s", flush=True)
-    record_timings(output_root, recipe, timings)
+    record_timings(Path(output_root) / "quickstart_timings.json", recipe, timings)
     finish(recipe, output_root)
     print(f"Quickstart finished in {(time.perf_counter() - start) / 60:.1f} min.")
 
 
-def _children_cpu():
+def children_cpu():
+    """CPU seconds (user + system) of the finished child processes so far."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
@@ -85,14 +86,16 @@ def precision_line():
     return f"CPU {cpu_name()}, native bf16 {native_bf16('cpu')}: precision auto = {resolve_precision('auto', 'cpu', warn=False)}"
 
 
-def record_timings(output_root, recipe, timings):
-    """`{output_root}/quickstart_timings.json`: wall and CPU seconds of each stage run now (a stage
-    skipped because it was complete takes a second or two), with the CPU and precision they ran on."""
+def record_timings(path, recipe, timings):
+    """The timings file at `path` (`{output_root}/quickstart_timings.json`, the ablation's
+    `timings.json`): wall and CPU seconds of each stage run now, merged with the stages of earlier
+    runs (a stage skipped because it was complete takes a second or two), with the CPU and precision
+    they ran on."""
     import json
 
     from modeling_saferoute.precision import precision_record
 
-    path = Path(output_root) / "quickstart_timings.json"
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(path.read_text()) if path.exists() else {}
     stages = {**old.get("stages", {}), **timings}

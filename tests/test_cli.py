@@ -55,3 +55,22 @@ def test_cli_help_and_unknown_command(capsys):
     assert "package" in capsys.readouterr().out
     assert main(["no-such-command"]) == 2
     assert set(COMMANDS) >= {"package", "train-guard", "build-corpus", "distill", "train-router", "evaluate", "push", "quickstart"}
+
+
+def test_ablation_arms_seeds_and_the_order_checks():
+    from saferoute.ablation import AblateArguments, order_checks, parse_arms, parse_seeds
+
+    recipe = parse_args([AblateArguments], ["--config", "saferoute/recipes/cpu-ablation.yaml"], section="ablate")
+    assert [name for name, _ in parse_arms(recipe.arms)] == ["human", "kd", "kd_harmaug"]
+    assert parse_arms("a=--labels human --no_augmentation;b=") == [("a", ["--labels", "human", "--no_augmentation"]), ("b", [])]
+    for bad, match in (("a=;a=", "named twice"), ("nameless", "name=distill flags"), (";", "no arm")):
+        with pytest.raises(ValueError, match=match):
+            parse_arms(bad)
+    assert parse_seeds("0, 1,2") == [0, 1, 2]
+    with pytest.raises(ValueError, match="distinct"):
+        parse_seeds("1,1")
+    arm = lambda f1, auprc, sd: {"mean": {"f1": f1, "auprc": auprc}, "sd": {"f1": sd, "auprc": sd}}  # noqa: E731
+    checks = order_checks({"human": arm(.6, .60, .01), "kd": arm(.6, .63, .02), "kd_harmaug": arm(.59, .64, .02)})
+    assert [(c["check"], c["holds"]) for c in checks] == [("AUPRC human < kd", True), ("AUPRC kd < kd_harmaug", False),
+                                                          ("F1 kd_harmaug >= kd", False)]
+    assert checks[1]["bar"] == .02 and abs(checks[1]["gap"] - .01) < 1e-12

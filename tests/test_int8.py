@@ -123,3 +123,32 @@ def test_threads_share_one_int8_model_and_get_sequential_results(monkeypatch, ti
         concurrent = list(pool.map(first, calls[:8])) + list(pool.map(lambda c: fresh(c, route="never", autocast_dtype="int8"), calls[8:]))
     assert concurrent == sequential
     assert len(made) == 1
+
+
+def test_an_encoder_guard_scores_in_int8_where_int8_is_the_inference_precision(monkeypatch, tiny_student_dir, tmp_path):
+    """A teacher labeling a corpus or a large guard (an encoder classifier) runs its encoder linears in
+    int8 where the student would (asked for, or auto on a CPU with VNNI and without native bf16), on a
+    copy (the loaded model is left float32), head in float32, scores close to float32's, and its
+    stored scores carry their own precision; a causal-LM guard never does."""
+    from dataset_builders.score_store import guard_store
+    from modeling_saferoute.guards import guard_precision, load_guard
+
+    items = mixed_inputs(24)
+    ref = load_guard(str(tiny_student_dir), "sequence_classification", autocast_dtype="none")
+    quantized = load_guard(str(tiny_student_dir), "sequence_classification", autocast_dtype="int8")
+    assert quantized.int8 and not ref.int8 and quantized.autocast is None
+    int8_layers = [name for name, m in quantized.model.named_modules() if isinstance(m, Int8Linear)]
+    assert int8_layers and not any("classifier" in name for name in int8_layers)
+    assert isinstance(quantized.model.classifier, torch.nn.Linear)
+    a, b = torch.tensor(ref.score(items)), torch.tensor(quantized.score(items))
+    assert 0 < (a - b).abs().max() < 0.05  # a different computation, close to float32
+
+    simulate_cpu(monkeypatch, vnni=True, bf16=False)
+    auto = load_guard(str(tiny_student_dir), "sequence_classification", autocast_dtype="auto")
+    assert auto.int8 and guard_precision("sequence_classification", "auto") == "int8"
+    assert guard_precision("llama_guard", "auto") == "float32" and guard_precision("sequence_classification", "auto", dtype="bfloat16") == "float32"
+    stores = {p: guard_store(tmp_path, str(tiny_student_dir), "sequence_classification", p) for p in ("auto", "none")}
+    assert stores["auto"].info["precision"] == "int8" and stores["none"].info["precision"] == "float32"
+    assert stores["auto"].key != stores["none"].key
+    simulate_cpu(monkeypatch, vnni=True, bf16=True)
+    assert not load_guard(str(tiny_student_dir), "sequence_classification", autocast_dtype="auto").int8

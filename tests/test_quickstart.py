@@ -4,8 +4,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from saferoute.quickstart import RECIPES
 
 pytestmark = pytest.mark.slow
 
@@ -65,3 +68,36 @@ def test_second_run_resumes_every_stage(smoke_run):
     assert weights.stat().st_mtime_ns == before
     report = json.loads((cwd / "outputs" / "eval" / "report.json").read_text())
     assert report["scored_this_run"] == {"student": 0, "large_guard": 0, "tfidf_logreg": 0}
+
+
+def test_ablation_reuses_the_quickstart(smoke_run):
+    """`saferoute ablate`: every arm at every seed with one step budget, each student and the teacher
+    evaluated, the router on the chosen arm's student, the table with the papers' order checked; a
+    second run trains and evaluates nothing."""
+    cwd, _ = smoke_run
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "saferoute.cli", "ablate", "--config", str(RECIPES / "cpu-smoke.yaml")]
+    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = cwd / "outputs" / "ablation"
+    result = json.loads((out / "ablation.json").read_text())
+    assert list(result["arms"]) == ["human", "kd", "kd_harmaug"]
+    steps = {s["steps"] for arm in result["arms"].values() for s in arm["per_seed"]}
+    assert len(steps) == 1  # one step budget for every arm and seed
+    for name, arm in result["arms"].items():
+        assert [s["seed"] for s in arm["per_seed"]] == [0, 1]
+        assert (arm["per_seed"][0]["synthetic_rows"] > 0) == (name == "kd_harmaug")
+        info = json.loads((out / "students" / f"{name}-seed1" / "training_info.json").read_text())
+        assert info["labels"] == ("human" if name == "human" else "teacher") and info["arguments"]["seed"] == 1
+        assert Path(info["corpus"]).resolve() == (cwd / "outputs" / "harmaug").resolve()  # the recipe's build-corpus output
+        f1s = [s["f1"] for s in arm["per_seed"]]
+        assert abs(arm["mean"]["f1"] - sum(f1s) / 2) < 1e-9
+    assert [c["holds"] for c in result["checks"]] == [c["gap"] > c["bar"] for c in result["checks"][:2]] + [result["checks"][2]["gap"] >= 0]
+    assert "tfidf_logreg" in result["baselines"] and 0 <= result["teacher"]["auprc"] <= 1
+    assert "| kd_harmaug |" in (out / "ablation.md").read_text()
+    saferoute = json.loads((out / "eval" / "saferoute" / "report.json").read_text())
+    assert saferoute["settings"]["max_per_benchmark"] == 8
+    assert json.loads((out / "saferoute-guard" / "distill_info.json").read_text())["arguments"]["seed"] == 0
+    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[ablate] distill" not in proc.stdout and "[ablate] evaluate" not in proc.stdout

@@ -85,10 +85,11 @@ def label_shard(store, load_teacher_fn, items, batch_size=None, taxonomy=None):
 
 def teacher_precision(args, device):
     """What the dataset card says the teacher's scores were computed in."""
-    from modeling_saferoute.precision import resolve_precision
+    from modeling_saferoute.guards import guard_precision
 
     kind, settings = teacher_settings(args)
     dtype = settings.get("dtype")
     if dtype not in (None, "auto", "float32"):
         return str(dtype).replace("torch.", "")  # weights in that dtype: no autocast
-    return {"bf16": "bfloat16", "fp16": "float16"}.get(resolve_precision(args.precision, device or "cpu", warn=False), "float32")
+    ran = guard_precision(kind, args.precision, device or "cpu", dtype)
+    return {"bf16": "bfloat16", "fp16": "float16"}.get(ran, ran)
