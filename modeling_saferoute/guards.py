@@ -128,6 +128,13 @@ class Guard:
             return None
         return resolve_autocast(self.autocast_dtype, self.device)
 
+    @property
+    def compute_dtype(self):
+        """The dtype the matrix multiplies run in (torch.int8 for int8 linears), None when remote."""
+        if self.int8:
+            return torch.int8
+        return self.autocast or (next(self.model.parameters()).dtype if self.model is not None else None)
+
     def _lengths(self, items):
         return [len(it["prompt"]) + len(it["response"] or "") + sum(len(t) for _, t in it["context"]) for it in items]
 

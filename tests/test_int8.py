@@ -137,6 +137,7 @@ def test_an_encoder_guard_scores_in_int8_where_int8_is_the_inference_precision(m
     ref = load_guard(str(tiny_student_dir), "sequence_classification", autocast_dtype="none")
     quantized = load_guard(str(tiny_student_dir), "sequence_classification", autocast_dtype="int8")
     assert quantized.int8 and not ref.int8 and quantized.autocast is None
+    assert quantized.compute_dtype == torch.int8 and ref.compute_dtype == torch.float32
     int8_layers = [name for name, m in quantized.model.named_modules() if isinstance(m, Int8Linear)]
     assert int8_layers and not any("classifier" in name for name in int8_layers)
     assert isinstance(quantized.model.classifier, torch.nn.Linear)
