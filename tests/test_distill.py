@@ -160,6 +160,27 @@ def test_distill_human_labels_then_skips_when_complete(corpus_dir, tiny_student_
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp  # complete: skipped
 
 
+@pytest.mark.parametrize("flags, frozen_prefixes", [(["--freeze_embeddings", "true"], ("bert.embeddings.",)),
+                                                     (["--freeze_layers", "1"], ("bert.embeddings.", "bert.encoder.layer.0."))])
+def test_frozen_lower_layers_keep_their_weights_and_the_rest_trains(corpus_dir, tiny_student_dir, tmp_path, flags, frozen_prefixes):
+    out = tmp_path / "student-frozen"
+    short = ["--max_steps", "6", "--eval_steps", "3", "--save_steps", "3", "--per_device_train_batch_size", "8", "--learning_rate", "3e-3"]
+    distill(config("--corpus", str(corpus_dir), "--student", str(tiny_student_dir), "--output_dir", str(out), *short, *flags))
+    before = AutoModelForSequenceClassification.from_pretrained(tiny_student_dir).state_dict()
+    after = AutoModelForSequenceClassification.from_pretrained(out).state_dict()
+    shared = [k for k in before if not k.startswith("classifier.")]
+    frozen = [k for k in shared if k.startswith(frozen_prefixes)]
+    trained = [k for k in shared if not k.startswith(frozen_prefixes) and after[k].dtype.is_floating_point]
+    assert frozen and trained
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert sum(not torch.equal(before[k], after[k]) for k in trained) > len(trained) // 2  # the upper layers moved
+    info = json.loads((out / "training_info.json").read_text())
+    assert info["hyperparameters"]["freeze_layers"] == (1 if "--freeze_layers" in flags else 0)
+    with pytest.raises(ValueError, match="in \\[0, 2\\]"):
+        distill(config("--corpus", str(corpus_dir), "--student", str(tiny_student_dir), "--output_dir", str(tmp_path / "x"),
+                       "--freeze_layers", "3", *short))
+
+
 def test_bad_inputs_are_named(corpus_dir, tmp_path):
     with pytest.raises(ValueError, match="--labels"):
         config("--labels", "soft")

@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import httpx
@@ -46,15 +47,21 @@ if __name__ == "__main__":  # vLLM starts engine processes
     from concurrent.futures import ThreadPoolExecutor
     from modeling_saferoute.guards import load_guard
     guard_dir, dtype, items, out, close = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], sys.argv[5] == "close"
+    phase = lambda name: print(f"[parity] {name}", file=sys.stderr, flush=True)  # where a crash happened
     reference = load_guard(guard_dir, "llama_guard", autocast_dtype="none").score(items)
+    phase("transformers reference scored")
     guard = load_guard(guard_dir, "llama_guard", backend="vllm", dtype=dtype, backend_options={"gpu_memory_utilization": 0.1})
+    phase("vLLM engine up")
     scores = guard.score(items)
     with ThreadPoolExecutor(4) as pool:  # one engine shared by threads (a pipeline's batcher)
         threads = list(pool.map(lambda item: guard.score([item])[0], items))
     with open(out, "w") as f:
         json.dump({"transformers": reference, "vllm": scores, "threads": threads}, f)
+    phase("scored; result written")
     if close:
         guard.close()  # else: the engine is shut down at exit, as in a user's script that just ends
+        phase("guard closed")
+    phase("exiting")
 """
 
 
@@ -70,13 +77,19 @@ def engine_processes():
     return found
 
 
-def assert_no_engine_survives(seconds=60):
+def kill_survivors(seconds=60):
+    """Wait up to `seconds` for the engine processes to end; SIGKILL and return those still there."""
     end = time.time() + seconds
     while engine_processes() and time.time() < end:
         time.sleep(1)
     left = engine_processes()
-    for pid, _ in left:  # leave nothing behind, then fail
+    for pid, _ in left:
         os.kill(pid, signal.SIGKILL)
+    return left
+
+
+def assert_no_engine_survives(seconds=60):
+    left = kill_survivors(seconds)  # leave nothing behind, then fail
     assert not left, f"vLLM processes outlived their owner: {left}"
 
 
@@ -91,17 +104,29 @@ def guard_dir(tmp_path_factory):
     return build_tiny_vllm_guard(tmp_path_factory.mktemp("vllm") / "tiny-guard")
 
 
+def run_parity(guard_dir, dtype, result, ending, log):
+    """(completed process, log file) of the PARITY script; its stdout (vLLM's own log) and stderr go to
+    the log file: files, not pipes, since a pipe nobody reads stalls a writer."""
+    with open(log, "w") as out:
+        proc = subprocess.run([str(VLLM_PYTHON), "-c", PARITY, str(guard_dir), dtype, json.dumps(ITEMS), str(result), ending], env=ENV,
+                              cwd=REPO, stdout=out, stderr=subprocess.STDOUT, timeout=600, start_new_session=True)
+    return proc, log
+
+
 @pytest.mark.parametrize("dtype, tolerance, ending", [("float32", 1e-3, "close"), ("bfloat16", 5e-2, "exit")])
 def test_in_process_vllm_scores_as_the_transformers_adapter(guard_dir, dtype, tolerance, ending, tmp_path):
     """float32 vLLM against the float32 adapter within 1e-3; bfloat16 vLLM (what a GPU runs) within
     5e-2: bf16 keeps 8 bits of mantissa, and P(unsafe) moves with the logit gap it rounds. Four
     threads sharing the engine get the scores of one call. The engine is gone when the script is,
     whether it closed the guard or just ended."""
-    result, log = tmp_path / "result.json", tmp_path / "log.txt"
-    with open(log, "w") as err:  # files, not pipes: a pipe nobody reads stalls a writer
-        proc = subprocess.run([str(VLLM_PYTHON), "-c", PARITY, str(guard_dir), dtype, json.dumps(ITEMS), str(result), ending], env=ENV,
-                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, timeout=600, start_new_session=True)
-    assert proc.returncode == 0 and result.exists(), log.read_text()[-4000:]
+    result = tmp_path / "result.json"
+    proc, log = run_parity(guard_dir, dtype, result, ending, tmp_path / "log-1.txt")
+    if proc.returncode < 0:  # killed by a signal inside vLLM's native code: seen once in CI, not reproduced here
+        warnings.warn(f"vLLM parity script died by signal {-proc.returncode}; retried once. Its log:\n{log.read_text()[-3000:]}")
+        kill_survivors()  # an owner killed by a signal cleans nothing up
+        result.unlink(missing_ok=True)
+        proc, log = run_parity(guard_dir, dtype, result, ending, tmp_path / "log-2.txt")
+    assert proc.returncode == 0 and result.exists(), log.read_text()[-6000:]
     assert_no_engine_survives()
     got = json.loads(result.read_text())
     reference = got["transformers"]

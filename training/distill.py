@@ -68,6 +68,7 @@ from saferoute.config import parse_args, recorded_arguments
 
 from .categories import (IGNORE, CategoryArguments, CategoryLossMixin, attach_category_head, category_record, category_rows,
                          detach_category_head, nan_rows, run_taxonomy, save_category_head)
+from .freezing import freeze_lower_layers
 from .precision import training_precision
 from .sampling import BalancedSamplingMixin, TimeBudgetCallback, remove_checkpoints
 
@@ -89,6 +90,8 @@ class DistillConfig(CategoryArguments, TrainingArguments):
     labels: str = field(default="teacher", metadata={"help": "'teacher' (KD on the teacher's soft + hard labels) or 'human' (CE on the seed rows' human labels)."})
     augmentation: bool = field(default=True, metadata={"help": "Train on the synthetic rows too (HarmAug); --no-augmentation keeps the seed rows only."})
     prefixes: bool = field(default=False, metadata={"help": "Train on the corpus' prefix rows too (build-corpus --prefix_rows; distillation on prefixes, for streaming moderation)."})
+    freeze_embeddings: bool = field(default=False, metadata={"help": "Freeze the student's embeddings (half of MiniLM-L6's 22.7M parameters): no gradient or AdamW update for them, a cheaper CPU step."})
+    freeze_layers: int = field(default=0, metadata={"help": "Freeze the embeddings and this many lowest encoder layers too (0: none); the backward pass and the optimizer then cover the upper layers only."})
     max_length: int = field(default=1024, metadata={"help": "Token budget of the pair encoding (capped at the student's position embeddings)."})
     validation_size: float = field(default=0.1, metadata={"help": "Stratified validation share of the train split, for a corpus without a validation split."})
     max_train_rows: Optional[int] = field(default=None, metadata={"help": "Keep a seeded random subset of this many training rows, for quick runs."})
@@ -390,6 +393,8 @@ def load_student_classifier(args):
         logger.info("Student %s: %s %s -> %s (relative positions up to the training length).", args.student, key, getattr(config, key), value)
         setattr(config, key, value)
     model = AutoModelForSequenceClassification.from_pretrained(path, config=config, ignore_mismatched_sizes=True)
+    if args.freeze_embeddings or args.freeze_layers:
+        freeze_lower_layers(model, args.freeze_layers)
     return tokenizer, model, min(args.max_length, position_limit(model.config) or args.max_length)
 
 
@@ -480,6 +485,7 @@ _RECORDED = (
     "learning_rate", "weight_decay", "max_grad_norm", "lr_scheduler_type", "warmup_steps", "num_train_epochs", "max_steps",
     "per_device_train_batch_size", "gradient_accumulation_steps", "precision", "bf16", "seed", "validation_size", "balanced",
     "train_sampling_strategy", "metric_for_best_model", "max_train_rows", "max_seconds", "step_budget", "prefixes",
+    "freeze_embeddings", "freeze_layers",
 )
 
 

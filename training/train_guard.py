@@ -61,6 +61,7 @@ from saferoute.config import parse_args, recorded_arguments
 
 from .categories import (IGNORE, CategoryArguments, CategoryLossMixin, attach_category_head, category_record, category_rows,
                          detach_category_head, run_taxonomy, save_category_head)
+from .freezing import freeze_lower_layers
 from .guard_template import DEFAULT_POLICY, guard_chat_template
 from .precision import training_precision
 from .sampling import BalancedSamplingMixin, TimeBudgetCallback, remove_checkpoints
@@ -169,23 +170,6 @@ def build_classifier(args):
     if args.freeze_layers:
         freeze_lower_layers(model, args.freeze_layers)
     return model, tokenizer
-
-
-def freeze_lower_layers(model, n):
-    """Freeze the embeddings and the lowest `n` transformer layers of an encoder classifier (BERT,
-    MPNet, RoBERTa, DeBERTa... : `base_model.embeddings` and `base_model.encoder.layer`); the rest
-    and the head train. Returns the number of parameters left to train."""
-    base = model.base_model
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if layers is None or not hasattr(base, "embeddings"):
-        raise ValueError(f"--freeze_layers: {type(model).__name__} has no embeddings + encoder.layer to freeze.")
-    if not 0 < n <= len(layers):
-        raise ValueError(f"--freeze_layers must be in [1, {len(layers)}] for {type(model).__name__}, got {n}.")
-    for module in [base.embeddings, *layers[:n]]:
-        module.requires_grad_(False)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info("Froze the embeddings and %d of %d layers: %.1fM parameters train.", n, len(layers), trainable / 1e6)
-    return trainable
 
 
 def encode_classifier_dataset(tokenizer, dataset, max_length):
