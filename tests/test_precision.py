@@ -12,7 +12,7 @@ from dataset_builders.schema import guard_items
 from dataset_builders.seed_pool import load_seed_pool
 from dataset_builders.splits import stratified_sample
 from modeling_saferoute.bundled import resolve
-from modeling_saferoute.precision import native_bf16, resolve_inference_precision
+from modeling_saferoute.precision import autocast_context, resolve_autocast, resolve_inference_precision
 from modeling_saferoute.inputs import encode_pairs
 from publishing.package import PackageArguments, package
 
@@ -22,8 +22,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def trained_student(tmp_path_factory):
     """MiniLM-L6 fine-tuned for 120 steps (batch 32, 64 tokens) on 3,840 base-pool rows: decisive,
-    not saturated. Under bf16 autocast where the CPU multiplies bf16 natively (the weights stay
-    float32), in float32 elsewhere: emulated bf16 is several times slower there."""
+    not saturated. In the training stages' precision (`resolve_autocast("auto")`: bf16 autocast over
+    float32 weights where the CPU multiplies bf16 natively, float32 elsewhere, where emulated bf16 is
+    several times slower)."""
     torch.manual_seed(0)
     path = resolve("bundled:minilm-l6")
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -35,7 +36,7 @@ def trained_student(tmp_path_factory):
     for start in range(0, len(items), 32):
         encodings, _ = encode_pairs(tokenizer, items[start : start + 32], 64)
         batch = tokenizer.pad(encodings, return_tensors="pt")
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=native_bf16("cpu")):
+        with autocast_context("cpu", resolve_autocast("auto", "cpu")):
             loss = model(**batch, labels=torch.tensor(labels[start : start + 32])).loss
         optimizer.zero_grad()
         loss.backward()
