@@ -3,7 +3,8 @@
 In one run (machines are noisy: read the ratios): the SafeRoute pipeline with its defaults
 (route="auto": the student on everything, the large guard on the routed share), the large guard's
 adapter alone on the same inputs, the student alone, and the large guard in float32 against its
-default precision (the teacher's labeling speed in build-corpus). Prints wall times, their ratios,
+default precision (the teacher's labeling speed in build-corpus; skipped where that default already
+is float32, as on a CPU without native bf16). Prints wall times, their ratios,
 the share routed, F1 of each system, and the routed call's time split (`timings=`).
 
     python bench/bench_routing.py --model outputs/saferoute-guard --max_per_benchmark 200
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+import torch
 from sklearn.metrics import f1_score
 from transformers import pipeline
 
@@ -42,7 +44,9 @@ def main(argv=None):
     guard = pipeline("text-classification", model=args.model, trust_remote_code=True)
     large = guard.large_guard  # loaded before timing, as a server would hold it
     ref = dict(guard.model.config.large_guard)
-    large_fp32 = load_guard(ref["name_or_path"], ref["kind"], max_length=ref.get("max_length"), autocast_dtype="none")
+    # the float32 comparison only where the default differs (bf16 / int8): else it repeats "large"
+    large_fp32 = None if large.compute_dtype == torch.float32 else load_guard(
+        ref["name_or_path"], ref["kind"], max_length=ref.get("max_length"), autocast_dtype="none")
     guard(guard_items(data["toxicchat"])[:16])  # warm-up
     totals = {"saferoute": 0.0, "large": 0.0, "student": 0.0, "large_fp32": 0.0}
     preds = {k: [] for k in totals}
@@ -56,8 +60,9 @@ def main(argv=None):
         totals["large"] += t
         student, t = timed(lambda: guard(items, batch_size=args.batch_size, route="never"))
         totals["student"] += t
-        _, t = timed(lambda: large_fp32.score(items, batch_size=args.batch_size))
-        totals["large_fp32"] += t
+        if large_fp32 is not None:
+            _, t = timed(lambda: large_fp32.score(items, batch_size=args.batch_size))
+            totals["large_fp32"] += t
         systems = {"saferoute": [r["label"] == "unsafe" for r in results], "large": [s > 0.5 for s in scores],
                    "student": [r["label"] == "unsafe" for r in student]}
         for k, p in systems.items():
@@ -73,8 +78,11 @@ def main(argv=None):
     print(f"| student alone (route='never') | {totals['student']:.1f} | {n / totals['student']:.1f} | 0% | {np.mean(f1s['student']):.3f} |")
     print(f"wall-time ratio SafeRoute / large guard: {totals['saferoute'] / totals['large']:.3f}")
     print(f"student cost per example / large guard's: {totals['student'] / totals['large']:.1%}")
-    print(f"large guard (teacher labeling) rows/s: float32 {n / totals['large_fp32']:.1f}, default "
-          f"({large.compute_dtype}) {n / totals['large']:.1f}: {totals['large_fp32'] / totals['large']:.2f}x")
+    if large_fp32 is None:
+        print(f"large guard (teacher labeling) rows/s: {n / totals['large']:.1f}, its default already float32 (no bf16 / int8 here)")
+    else:
+        print(f"large guard (teacher labeling) rows/s: float32 {n / totals['large_fp32']:.1f}, default "
+              f"({large.compute_dtype}) {n / totals['large']:.1f}: {totals['large_fp32'] / totals['large']:.2f}x")
     parts = {k: timings[k] for k in ("tokenize", "student", "large_guard")}
     other = timings["total"] - sum(parts.values())
     print("routed call time split: " + ", ".join(f"{k} {v:.1f} s ({v / timings['total']:.0%})" for k, v in parts.items())

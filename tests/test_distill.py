@@ -103,6 +103,25 @@ def test_ablations_share_the_budget_and_differ_in_rows(corpus_dir):
     assert epochs["full"] == 3 * math.ceil(160 / 32) and epochs["human"] == 3 * math.ceil(112 / 32)
 
 
+def test_synthetic_kinds_keep_only_those_synthetic_rows_and_count_them_in_the_budget(corpus_dir):
+    corpus = load_corpus(str(corpus_dir))
+    kinds = {k: sum(o == "synthetic" and kk == k for o, kk in zip(corpus["origin"], corpus["kind"]))
+             for k in ("prompt_only", "compliant", "refusal")}
+    assert all(kinds.values())
+    rows, _, steps, _ = prepare(config("--corpus", str(corpus_dir), "--synthetic_kinds", "compliant,refusal",
+                                       "--per_device_train_batch_size", "32"))
+    synthetic = [k for o, k in zip(rows["origin"], rows["kind"]) if o == "synthetic"]
+    assert sorted(set(synthetic)) == ["compliant", "refusal"] and len(synthetic) == kinds["compliant"] + kinds["refusal"]
+    assert sum(o == "seed" for o in rows["origin"]) == 112
+    assert steps == 3 * math.ceil((112 + len(synthetic)) / 32)
+    # the ablation without augmentation shares that budget
+    _, _, no_aug_steps, _ = prepare(config("--corpus", str(corpus_dir), "--synthetic_kinds", "compliant,refusal",
+                                           "--no-augmentation", "--per_device_train_batch_size", "32"))
+    assert no_aug_steps == steps
+    with pytest.raises(ValueError, match="--synthetic_kinds.*harmful"):
+        prepare(config("--corpus", str(corpus_dir), "--synthetic_kinds", "harmful,refusal"))
+
+
 def test_rows_outside_the_students_roles_are_refused(corpus_dir, tmp_path):
     """A corpus holding a router row (never to be trained on) is refused, unless forced."""
     pool, roles_dir = tiny_paths(corpus_dir)

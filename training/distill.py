@@ -14,7 +14,8 @@ Ablations (`--labels human`: plain fine-tune on the seed rows' human labels, CE 
 `--no-augmentation`: KD on the seed rows only; full HarmAug by default) share either the full
 HarmAug run's number of optimizer steps (`--step_budget harmaug`, default) or the number of epochs
 over their own rows (`--step_budget epochs`: the augmented run sees its extra rows on top, as in
-the paper).
+the paper). `--synthetic_kinds` keeps some of each instruction's three synthetic rows (prompt-only,
+compliant, refusal; the paper trains on all three); the step budget then counts the kept rows.
 
 `--prefixes` trains on the corpus' prefix rows too (`build-corpus --prefix_rows N`: responses cut at
 a random word, labeled by the teacher on the same prefix), for a student that judges partial
@@ -89,6 +90,7 @@ class DistillConfig(CategoryArguments, TrainingArguments):
     student: str = field(default="bundled:minilm-l6", metadata={"help": "Student: any encoder with an AutoModelForSequenceClassification class (local folder, Hub id or bundled: alias)."})
     labels: str = field(default="teacher", metadata={"help": "'teacher' (KD on the teacher's soft + hard labels) or 'human' (CE on the seed rows' human labels)."})
     augmentation: bool = field(default=True, metadata={"help": "Train on the synthetic rows too (HarmAug); --no-augmentation keeps the seed rows only."})
+    synthetic_kinds: str = field(default="prompt_only,compliant,refusal", metadata={"help": "Which synthetic rows of each instruction the HarmAug run trains on (comma-separated kinds; the paper: all three)."})
     prefixes: bool = field(default=False, metadata={"help": "Train on the corpus' prefix rows too (build-corpus --prefix_rows; distillation on prefixes, for streaming moderation)."})
     freeze_embeddings: bool = field(default=False, metadata={"help": "Freeze the student's embeddings (half of MiniLM-L6's 22.7M parameters): no gradient or AdamW update for them, a cheaper CPU step."})
     freeze_layers: int = field(default=0, metadata={"help": "Freeze the embeddings and this many lowest encoder layers too (0: none); the backward pass and the optimizer then cover the upper layers only."})
@@ -191,6 +193,19 @@ def with_prefixes(train, prefixes):
     if "prefix" not in set(train["origin"]):
         raise ValueError("--prefixes: the corpus has no prefix rows; build it with `saferoute build-corpus --prefix_rows N`.")
     return train
+
+
+def with_synthetic_kinds(train, kinds):
+    """The train split without the synthetic rows whose kind is not in `kinds` (comma-separated)."""
+    from dataset_builders.harmaug.build import SYNTHETIC_KINDS
+
+    wanted = {k.strip() for k in str(kinds).split(",") if k.strip()}
+    unknown = wanted - set(SYNTHETIC_KINDS)
+    if unknown or not wanted:
+        raise ValueError(f"--synthetic_kinds: {sorted(unknown) or 'none given'}; choose among {list(SYNTHETIC_KINDS)}.")
+    if wanted == set(SYNTHETIC_KINDS):
+        return train
+    return train.filter(lambda o, k: o != "synthetic" or k in wanted, input_columns=["origin", "kind"])
 
 
 def training_rows(train, args):
@@ -344,7 +359,7 @@ def prepare(args):
     """
     roles = RoleTable(args.roles)
     train, val = corpus_splits(args, roles)
-    train = with_prefixes(train, args.prefixes)
+    train = with_synthetic_kinds(with_prefixes(train, args.prefixes), args.synthetic_kinds)
     if val is None:  # no validation split: a stratified share of the train split, as the paper does
         rest, held = stratified_split(train, ("label", "origin"), args.validation_size, args.seed)
         train, val = train.select(rest), train.select(held)

@@ -39,6 +39,7 @@ from .shards import ShardedStage, atomic_write_bytes, atomic_write_text, derive_
 
 STAGES = ("generate", "filter", "respond", "label", "prefixes", "write")
 SPLITS = ("train", "validation")
+SYNTHETIC_KINDS = ("prompt_only", "compliant", "refusal")  # the rows of each kept instruction
 CORPUS_SCHEMA = pa.schema([
     ("id", pa.string()), ("prompt", pa.string()), ("response", pa.string()), ("unsafe_score", pa.float64()),
     ("label", pa.int64()), ("human_label", pa.int64()), ("level", pa.string()), ("source", pa.string()),
@@ -222,7 +223,7 @@ def corpus_items(seeds, kept, responses):
                           "level": level, "source": row["source"], "origin": "seed", "kind": "seed", "split": split})
     by_instruction = {(r["id"], r["kind"]): r["response"] for r in responses}
     for row in kept:
-        for kind in ("prompt_only", "compliant", "refusal"):
+        for kind in SYNTHETIC_KINDS:
             response = None if kind == "prompt_only" else by_instruction[(row["id"], kind)]
             items.append({"id": make_id("harmaug", row["instruction"], response, kind), "prompt": row["instruction"],
                           "response": response, "human_label": None, "level": "prompt" if response is None else "response",
