@@ -118,8 +118,10 @@ def test_synthetic_kinds_keep_only_those_synthetic_rows_and_count_them_in_the_bu
     _, _, no_aug_steps, _ = prepare(config("--corpus", str(corpus_dir), "--synthetic_kinds", "compliant,refusal",
                                            "--no-augmentation", "--per_device_train_batch_size", "32"))
     assert no_aug_steps == steps
+    # a kind the corpus never has is refused when the arguments are parsed, before any loading
     with pytest.raises(ValueError, match="--synthetic_kinds.*harmful"):
-        prepare(config("--corpus", str(corpus_dir), "--synthetic_kinds", "harmful,refusal"))
+        config("--corpus", str(corpus_dir), "--synthetic_kinds", "harmful,refusal")
+    assert config("--synthetic_kinds", " refusal,compliant ").synthetic_kinds == "compliant,refusal"
 
 
 def test_rows_outside_the_students_roles_are_refused(corpus_dir, tmp_path):

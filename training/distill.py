@@ -133,6 +133,7 @@ class DistillConfig(CategoryArguments, TrainingArguments):
             raise ValueError(f"--step-budget must be 'harmaug' or 'epochs', got {self.step_budget!r}.")
         if self.train_sampling_strategy not in ("group_by_length", "random"):
             raise ValueError(f"--train-sampling-strategy must be 'group_by_length' or 'random' here, got {self.train_sampling_strategy!r}.")
+        self.synthetic_kinds = ",".join(synthetic_kinds(self.synthetic_kinds))
         self.check_category_arguments()
         if not torch.cuda.is_available():
             self.use_cpu = True  # autocast on CPU, and no accelerator search
@@ -195,15 +196,23 @@ def with_prefixes(train, prefixes):
     return train
 
 
+def synthetic_kinds(text):
+    """The synthetic kinds named in `text` (comma-separated), in the corpus' order; unknown ones refused."""
+    from dataset_builders.harmaug.build import SYNTHETIC_KINDS
+
+    wanted = {k.strip() for k in str(text).split(",") if k.strip()}
+    unknown = wanted - set(SYNTHETIC_KINDS)
+    if unknown or not wanted:
+        raise ValueError(f"--synthetic_kinds: {sorted(unknown) or 'none given'}; choose among {list(SYNTHETIC_KINDS)}.")
+    return [k for k in SYNTHETIC_KINDS if k in wanted]
+
+
 def with_synthetic_kinds(train, kinds):
     """The train split without the synthetic rows whose kind is not in `kinds` (comma-separated)."""
     from dataset_builders.harmaug.build import SYNTHETIC_KINDS
 
-    wanted = {k.strip() for k in str(kinds).split(",") if k.strip()}
-    unknown = wanted - set(SYNTHETIC_KINDS)
-    if unknown or not wanted:
-        raise ValueError(f"--synthetic_kinds: {sorted(unknown) or 'none given'}; choose among {list(SYNTHETIC_KINDS)}.")
-    if wanted == set(SYNTHETIC_KINDS):
+    wanted = synthetic_kinds(kinds)
+    if wanted == list(SYNTHETIC_KINDS):
         return train
     return train.filter(lambda o, k: o != "synthetic" or k in wanted, input_columns=["origin", "kind"])
 
