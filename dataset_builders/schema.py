@@ -30,6 +30,7 @@ FEATURES = Features(
         "category": Value("string"),
     }
 )
+SYNTHETIC_KINDS = ("prompt_only", "compliant", "refusal")  # a HarmAug corpus' rows of each kept instruction
 DATA_DIR_ENV = "SAFEROUTE_DATA_DIR"
 WORD = re.compile(r"\w+")
 

@@ -10,6 +10,7 @@ from datasets import load_dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from dataset_builders.roles import RoleTable
+from dataset_builders.schema import SYNTHETIC_KINDS
 from tiny_corpus import build_tiny_corpus, tiny_paths
 from training.sampling import BalancedLengthGroupedSampler
 from training.distill import (
@@ -106,7 +107,7 @@ def test_ablations_share_the_budget_and_differ_in_rows(corpus_dir):
 def test_synthetic_kinds_keep_only_those_synthetic_rows_and_count_them_in_the_budget(corpus_dir):
     corpus = load_corpus(str(corpus_dir))
     kinds = {k: sum(o == "synthetic" and kk == k for o, kk in zip(corpus["origin"], corpus["kind"]))
-             for k in ("prompt_only", "compliant", "refusal")}
+             for k in SYNTHETIC_KINDS}
     assert all(kinds.values())
     rows, _, steps, _ = prepare(config("--corpus", str(corpus_dir), "--synthetic_kinds", "compliant,refusal",
                                        "--per_device_train_batch_size", "32"))

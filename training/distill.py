@@ -57,6 +57,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from dataset_builders.roles import STUDENT_ROLES, RoleTable, rows_per_source
+from dataset_builders.schema import SYNTHETIC_KINDS
 from dataset_builders.seed_pool import OFFLINE_POOLS, load_seed_pool
 from dataset_builders.splits import stratified_split
 from evaluation.metrics import classification_metrics, collect_warnings
@@ -90,7 +91,7 @@ class DistillConfig(CategoryArguments, TrainingArguments):
     student: str = field(default="bundled:minilm-l6", metadata={"help": "Student: any encoder with an AutoModelForSequenceClassification class (local folder, Hub id or bundled: alias)."})
     labels: str = field(default="teacher", metadata={"help": "'teacher' (KD on the teacher's soft + hard labels) or 'human' (CE on the seed rows' human labels)."})
     augmentation: bool = field(default=True, metadata={"help": "Train on the synthetic rows too (HarmAug); --no-augmentation keeps the seed rows only."})
-    synthetic_kinds: str = field(default="prompt_only,compliant,refusal", metadata={"help": "Which synthetic rows of each instruction the HarmAug run trains on (comma-separated kinds; the paper: all three)."})
+    synthetic_kinds: str = field(default=",".join(SYNTHETIC_KINDS), metadata={"help": "Which synthetic rows of each instruction the HarmAug run trains on (comma-separated kinds; the paper: all three)."})
     prefixes: bool = field(default=False, metadata={"help": "Train on the corpus' prefix rows too (build-corpus --prefix_rows; distillation on prefixes, for streaming moderation)."})
     freeze_embeddings: bool = field(default=False, metadata={"help": "Freeze the student's embeddings (half of MiniLM-L6's 22.7M parameters): no gradient or AdamW update for them, a cheaper CPU step."})
     freeze_layers: int = field(default=0, metadata={"help": "Freeze the embeddings and this many lowest encoder layers too (0: none); the backward pass and the optimizer then cover the upper layers only."})
@@ -198,8 +199,6 @@ def with_prefixes(train, prefixes):
 
 def synthetic_kinds(text):
     """The synthetic kinds named in `text` (comma-separated), in the corpus' order; unknown ones refused."""
-    from dataset_builders.harmaug.build import SYNTHETIC_KINDS
-
     wanted = {k.strip() for k in str(text).split(",") if k.strip()}
     unknown = wanted - set(SYNTHETIC_KINDS)
     if unknown or not wanted:
@@ -209,8 +208,6 @@ def synthetic_kinds(text):
 
 def with_synthetic_kinds(train, kinds):
     """The train split without the synthetic rows whose kind is not in `kinds` (comma-separated)."""
-    from dataset_builders.harmaug.build import SYNTHETIC_KINDS
-
     wanted = synthetic_kinds(kinds)
     if wanted == list(SYNTHETIC_KINDS):
         return train

@@ -32,14 +32,13 @@ from publishing.hub import push_folder
 from saferoute.config import parse_args, recorded_arguments
 
 from ..roles import STUDENT_ROLES, RoleTable, mixed_sample, parse_weights, rows_per_source
-from ..schema import data_dir, make_id
+from ..schema import SYNTHETIC_KINDS, data_dir, make_id
 from ..seed_pool import load_seed_pool
 from . import card, filters, generate, label, prefixes, respond
 from .shards import ShardedStage, atomic_write_bytes, atomic_write_text, derive_seed
 
 STAGES = ("generate", "filter", "respond", "label", "prefixes", "write")
 SPLITS = ("train", "validation")
-SYNTHETIC_KINDS = ("prompt_only", "compliant", "refusal")  # the rows of each kept instruction
 CORPUS_SCHEMA = pa.schema([
     ("id", pa.string()), ("prompt", pa.string()), ("response", pa.string()), ("unsafe_score", pa.float64()),
     ("label", pa.int64()), ("human_label", pa.int64()), ("level", pa.string()), ("source", pa.string()),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from modeling_saferoute.bundled import provenance
 
+from ..schema import SYNTHETIC_KINDS
 from .filters import distinct_n
 
 CARD_SETTINGS = (
@@ -20,7 +21,7 @@ def label_distribution(rows):
     groups = defaultdict(list)
     for row in rows:
         groups[(row["origin"], row["kind"])].append(row)
-    order = {"seed": 0, "prompt_only": 1, "compliant": 2, "refusal": 3, "prefix": 4}
+    order = {kind: i for i, kind in enumerate(("seed", *SYNTHETIC_KINDS, "prefix"))}
     table = []
     for (origin, kind), members in sorted(groups.items(), key=lambda g: (order.get(g[0][1], 9), g[0])):
         scores = [r["unsafe_score"] for r in members]
@@ -31,7 +32,7 @@ def label_distribution(rows):
 
 def category_stats(rows, taxonomy):
     """The card's category table: the mean teacher probability of each category per item kind."""
-    kinds = [k for k in ("seed", "prompt_only", "compliant", "refusal") if any(r["kind"] == k for r in rows)]
+    kinds = [k for k in ("seed", *SYNTHETIC_KINDS) if any(r["kind"] == k for r in rows)]
     names = [c["name"] for c in taxonomy["categories"]]
     mean = {}
     for name in names:
