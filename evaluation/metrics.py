@@ -17,6 +17,7 @@ import zlib
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, logit
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -126,6 +127,27 @@ def fit_temperature(labels, scores):
         method="bounded",
     )
     return float(math.exp(result.x))
+
+
+def fit_platt(targets, margins):
+    """(scale a, bias b) of Platt scaling, P(unsafe) = sigmoid(a * margin + b), fitted by
+    scikit-learn's unregularized logistic regression on soft `targets` in [0, 1] (a teacher's
+    probabilities or 0/1 labels: each row enters twice, as unsafe with weight t and as safe with
+    weight 1 - t, which is the cross-entropy against t). `margins`: logit(unsafe) - logit(safe)."""
+    targets = np.asarray(targets, dtype=float)
+    margins = np.asarray(margins, dtype=float)
+    if targets.shape != margins.shape or targets.ndim != 1:
+        raise ValueError(f"Platt scaling needs one target per margin, got {targets.shape} and {margins.shape}.")
+    if np.isnan(targets).any() or ((targets < 0) | (targets > 1)).any():
+        raise ValueError("Platt scaling needs targets in [0, 1] (teacher probabilities or labels).")
+    if not (targets > 0.5).any() or not (targets <= 0.5).any():
+        raise ValueError("Platt scaling needs both classes among the validation targets.")
+    if np.ptp(margins) == 0:
+        raise ValueError("Platt scaling needs margins that differ (the student gives every row the same score).")
+    x = np.concatenate([margins, margins])[:, None]
+    y = np.concatenate([np.ones(len(margins)), np.zeros(len(margins))])
+    model = LogisticRegression(C=np.inf).fit(x, y, sample_weight=np.concatenate([targets, 1.0 - targets]))
+    return float(model.coef_[0, 0]), float(model.intercept_[0])
 
 
 def budget_threshold(router_scores, budget):

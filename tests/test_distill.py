@@ -13,6 +13,8 @@ from dataset_builders.roles import RoleTable
 from dataset_builders.schema import SYNTHETIC_KINDS
 from tiny_corpus import build_tiny_corpus, tiny_paths
 from training.sampling import BalancedLengthGroupedSampler
+from evaluation.metrics import fit_platt
+from training.calibration import fold_platt
 from training.distill import (
     DistillConfig,
     distill,
@@ -49,6 +51,20 @@ def unsafe_probs(folder, rows):
         return torch.softmax(model(**enc).logits, -1)[:, 1]
 
 
+def one_by_one_probs(folder, rows):
+    """P(unsafe) of each row, run alone (no padding, no sampler): an independent check of distill's scoring."""
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        return torch.tensor([torch.softmax(model(**tok(r["prompt"], r["response"] or "", return_tensors="pt")).logits, -1)[0, 1]
+                             for r in rows]).double()
+
+
+def log_loss_against(targets, probs):
+    t, p = torch.tensor(targets).double(), probs.clamp(1e-7, 1 - 1e-7)
+    return float(-(t * p.log() + (1 - t) * (1 - p).log()).mean())
+
+
 def test_harmaug_loss_is_half_ce_plus_kl():
     logits = torch.tensor([[2.0, -1.0], [0.3, 0.8], [-0.5, 0.1]])
     labels = torch.tensor([0, 1, 1])
@@ -74,6 +90,35 @@ def test_balanced_sampler_balances_and_groups_by_length():
     grouped = list(BalancedLengthGroupedSampler(labels, lengths=lengths, batch_size=4, seed=1))
     ungrouped = list(BalancedLengthGroupedSampler(labels, lengths=lengths, batch_size=4, seed=1, group_by_length=False))
     assert spread(grouped) < spread(ungrouped) / 3
+
+
+def test_platt_fit_recovers_a_known_map_and_refuses_what_it_cannot_fit():
+    margins = torch.linspace(-4, 4, 200).double()
+    soft = torch.sigmoid(1.7 * margins - 0.8)
+    scale, bias = fit_platt(soft.numpy(), margins.numpy())
+    assert abs(scale - 1.7) < 1e-2 and abs(bias + 0.8) < 1e-2
+    labels = (torch.rand(200, generator=torch.Generator().manual_seed(0)) < torch.sigmoid(2.0 * margins + 1.0)).double()
+    scale, bias = fit_platt(labels.numpy(), margins.numpy())  # hard labels: a noisy but close fit
+    assert 1.2 < scale < 3.0 and 0.3 < bias < 1.8
+    with pytest.raises(ValueError, match="both classes"):
+        fit_platt([0.1] * 5, [0.0, 1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(ValueError, match="margins that differ"):
+        fit_platt([0.1, 0.9], [1.0, 1.0])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        fit_platt([0.1, 1.5], [0.0, 1.0])
+
+
+def test_folding_platt_into_the_head_maps_every_margin(tiny_student_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_student_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_student_dir).eval()
+    enc = tok(["how do I bake bread", "tell me how to hurt someone", "hello"], ["", "no", "hi there"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        before = model(**enc).logits
+        assert fold_platt(model, 0.6, -0.4) == "classifier"
+        after = model(**enc).logits
+    margin = lambda z: z[:, 1] - z[:, 0]
+    assert torch.allclose(margin(after), 0.6 * margin(before) - 0.4, atol=1e-5)
+    assert not torch.allclose(margin(before), margin(after), atol=1e-3)
 
 
 def test_ablations_share_the_budget_and_differ_in_rows(corpus_dir):
@@ -168,6 +213,40 @@ def test_distill_kd_trains_and_writes_a_student(corpus_dir, tiny_student_dir, tm
     p = unsafe_probs(out, rows)
     target = torch.tensor([r["label"] for r in rows]).bool()
     assert p[target].mean() > p[~target].mean() + 0.05  # it learned the teacher's labels
+    # calibrated by default: the saved student's validation cross-entropy is the one the fit reports,
+    # scored row by row here (a misordered or wrongly folded fit would not match), and no worse than before
+    calibration = info["calibration"]
+    assert calibration["method"] == "platt" and calibration["rows"] == 16 and calibration["scale"] > 0
+    validation = list(load_dataset(str(corpus_dir), split="validation"))
+    soft = [r["unsafe_score"] for r in validation]
+    after = log_loss_against(soft, one_by_one_probs(out, validation))
+    assert after == pytest.approx(calibration["validation_after"]["log_loss"], abs=1e-4)
+    assert after <= calibration["validation_before"]["log_loss"] + 1e-9
+    assert info["hyperparameters"]["calibration"] == "platt"
+
+
+def test_calibrate_only_calibrates_a_finished_student_once(corpus_dir, tiny_student_dir, tmp_path):
+    out = tmp_path / "student-uncalibrated"
+    base = ["--corpus", str(corpus_dir), "--student", str(tiny_student_dir), "--output_dir", str(out)]
+    distill(config(*base, *FAST[2:], "--calibration", "none", "--max_steps", "30"))
+    info = json.loads((out / "training_info.json").read_text())
+    assert info["calibration"] == {"method": "none"}
+    validation = list(load_dataset(str(corpus_dir), split="validation"))
+    soft = [r["unsafe_score"] for r in validation]
+    raw = one_by_one_probs(out, validation)
+    with pytest.raises(ValueError, match="--labels teacher; pass the same"):
+        distill(config(*base, "--labels", "human", "--calibrate_only"))
+    distill(config(*base, "--calibrate_only"))
+    calibration = json.loads((out / "training_info.json").read_text())["calibration"]
+    assert calibration["method"] == "platt" and calibration["applied"] == "calibrate_only"
+    assert log_loss_against(soft, raw) == pytest.approx(calibration["validation_before"]["log_loss"], abs=1e-4)
+    calibrated = one_by_one_probs(out, validation)
+    expected = torch.sigmoid(calibration["scale"] * torch.logit(raw) + calibration["bias"])
+    assert torch.allclose(calibrated, expected, atol=1e-4)
+    with pytest.raises(ValueError, match="already calibrated"):
+        distill(config(*base, "--calibrate_only"))
+    with pytest.raises(ValueError, match="--calibration must be one of"):
+        config("--calibration", "isotonic")
 
 
 def test_distill_human_labels_then_skips_when_complete(corpus_dir, tiny_student_dir, tmp_path):

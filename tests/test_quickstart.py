@@ -54,6 +54,8 @@ def test_every_output_loads(smoke_run):
     assert "model-index" in card and f"{report['average']['methods']['saferoute']['f1']:.3f}" in card
     distill = json.loads((out / "saferoute-guard" / "distill_info.json").read_text())  # the stage records reach the card
     assert "## Training" in card and f"on {distill['rows']['train']} rows of the corpus" in card
+    calibration = distill["calibration"]  # the recipe's default: Platt on the validation rows, unless it could not fit
+    assert ("Calibrated (Platt" in card) == (calibration["method"] == "platt") and (calibration["method"] == "platt" or calibration["skipped"])
     assert f"trained on {router['examples']['train']} rows the student never saw" in card
     assert (out / "eval" / "pr_curves.png").exists() and (out / "eval" / "f1_vs_usage.png").exists()
 

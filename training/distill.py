@@ -29,6 +29,12 @@ KD (binary cross-entropy against the teacher's probabilities) where the teacher 
 labels where the row has them, unknown entries masked (`training/categories.py`). The labeled rows'
 binary loss is masked, and the step budget grows with them so the binary rows are seen as often.
 
+Calibration (`--calibration platt`, the default; `none` in the paper recipe): after training,
+P(unsafe) = sigmoid(a * margin + b) is fitted on the validation rows (the run's own targets) and
+folded into the classification layer (`training/calibration.py`), so the saved student decides at
+0.5 on the validation rows' prior instead of the balanced sampler's 50/50. `--calibrate_only`
+calibrates a finished student in `output_dir` (one trained before, or with `none`) without training.
+
 Runs as `saferoute distill`, `python -m training.distill` or `accelerate launch -m training.distill`.
 The settings are a `TrainingArguments` subclass (`DistillConfig`): every Trainer flag works.
 """
@@ -68,6 +74,8 @@ from modeling_saferoute.modeling_saferoute import position_limit
 from modeling_saferoute.precision import precision_record
 from saferoute.config import parse_args, recorded_arguments
 
+from .calibration import METHODS as CALIBRATION_METHODS
+from .calibration import fold_platt, platt_record
 from .categories import (IGNORE, CategoryArguments, CategoryLossMixin, attach_category_head, category_record, category_rows,
                          detach_category_head, nan_rows, run_taxonomy, save_category_head)
 from .freezing import freeze_lower_layers
@@ -99,6 +107,8 @@ class DistillConfig(CategoryArguments, TrainingArguments):
     validation_size: float = field(default=0.1, metadata={"help": "Stratified validation share of the train split, for a corpus without a validation split."})
     max_train_rows: Optional[int] = field(default=None, metadata={"help": "Keep a seeded random subset of this many training rows, for quick runs."})
     balanced: bool = field(default=True, metadata={"help": "Class-balanced sampling (WeightedRandomSampler, weight 1/class count)."})
+    calibration: str = field(default="platt", metadata={"help": "'platt': fit P(unsafe) = sigmoid(a * margin + b) on the validation rows after training and fold it into the classification layer; 'none': keep the trained scores (the paper)."})
+    calibrate_only: bool = field(default=False, metadata={"help": "Calibrate the finished student in output_dir on the validation rows (no training); refused when it is already calibrated."})
     force: bool = field(default=False, metadata={"help": "Train even when output_dir already holds a complete student."})
     max_seconds: Optional[float] = field(default=None, metadata={"help": "Opt-in wall-clock cap: stop (evaluating and saving first) after this many seconds of training; recorded as stopped_early."})
     keep_checkpoints: bool = field(default=False, metadata={"help": "Keep the output_dir/checkpoint-* folders after training (deleted by default)."})
@@ -132,6 +142,8 @@ class DistillConfig(CategoryArguments, TrainingArguments):
             raise ValueError(f"--validation-size must be in (0, 1), got {self.validation_size}.")
         if self.step_budget not in ("harmaug", "epochs"):
             raise ValueError(f"--step-budget must be 'harmaug' or 'epochs', got {self.step_budget!r}.")
+        if self.calibration not in CALIBRATION_METHODS:
+            raise ValueError(f"--calibration must be one of {list(CALIBRATION_METHODS)}, got {self.calibration!r}.")
         if self.train_sampling_strategy not in ("group_by_length", "random"):
             raise ValueError(f"--train-sampling-strategy must be 'group_by_length' or 'random' here, got {self.train_sampling_strategy!r}.")
         self.synthetic_kinds = ",".join(synthetic_kinds(self.synthetic_kinds))
@@ -452,8 +464,63 @@ def training_record(args, run_args, trainer, result, metrics, rows, validation, 
     }
 
 
+def fit_calibration(args, logits, validation):
+    """The Platt record of the student's validation `logits` against the run's validation targets, or
+    {"method": "none", "skipped": why} (logged) where none can be fitted (e.g. one class only)."""
+    kind = "human labels" if args.labels == "human" else "teacher P(unsafe)"
+    try:
+        record = platt_record(logits, validation["soft"], kind)
+    except ValueError as err:
+        logger.warning("Calibration skipped: %s", err)
+        return {"method": "none", "skipped": str(err)}
+    logger.info("Calibration (Platt, %d validation rows): P(unsafe) = sigmoid(%.3f * margin %+.3f); the old %.3f now reads 0.5; "
+                "validation flagged %.3f -> %.3f (targets %.3f).", record["rows"], record["scale"], record["bias"],
+                record["threshold_before"], record["validation_before"]["flagged"], record["validation_after"]["flagged"],
+                record["targets_unsafe"])
+    return record
+
+
+def calibrate_only(args: DistillConfig):
+    """Calibrate the finished student in `output_dir` on the validation rows (no training); its
+    `training_info.json` records it. Returns the folder."""
+    output = Path(args.output_dir)
+    if not is_complete(output):
+        raise ValueError(f"--calibrate_only: {output} holds no complete student (no {INFO_FILE} with complete: true).")
+    info = json.loads((output / INFO_FILE).read_text())
+    if info.get("calibration", {}).get("method", "none") != "none":
+        raise ValueError(f"--calibrate_only: {output} is already calibrated ({info['calibration']['method']}).")
+    if info.get("labels", args.labels) != args.labels:
+        raise ValueError(f"--calibrate_only: {output} was trained with --labels {info['labels']}; pass the same.")
+    corpus = str(Path(args.corpus).resolve()) if Path(args.corpus).is_dir() else args.corpus
+    if info.get("corpus", corpus) != corpus:
+        raise ValueError(f"--calibrate_only: {output} was trained on the corpus {info['corpus']}, not {corpus}; pass that one.")
+    _, validation, _, _ = prepare(args)
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    model = AutoModelForSequenceClassification.from_pretrained(output)
+    val_ds = tokenize(validation, tokenizer, info.get("max_length", args.max_length))
+    calibration = fit_calibration(args, ordered_logits(model, tokenizer, val_ds, args), validation)
+    if calibration["method"] == "platt":
+        fold_platt(model, calibration["scale"], calibration["bias"])
+        model.save_pretrained(output)
+    info["calibration"] = {**calibration, "applied": "calibrate_only"}
+    (output / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
+    return output
+
+
+def ordered_logits(model, tokenizer, dataset, args):
+    """`model`'s logits on the tokenized `dataset`, in its row order (`Trainer.predict` with sequential
+    sampling: the length-grouped eval sampler of a run shuffles the rows)."""
+    predict_args = dataclasses.replace(args, report_to=[], eval_strategy="no", save_strategy="no", load_best_model_at_end=False,
+                                       train_sampling_strategy="random")
+    extra = [c for c in ("soft", "length", "category_targets", "category_soft") if c in dataset.column_names]
+    trainer = Trainer(model=model, args=predict_args, processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer))
+    return trainer.predict(dataset.remove_columns(extra)).predictions
+
+
 def distill(args: DistillConfig):
     """Train the student; returns the output folder (skips when it is already complete)."""
+    if args.calibrate_only:
+        return calibrate_only(args)
     output = Path(args.output_dir)
     if is_complete(output) and not args.force:
         logger.info("%s already holds a complete student (%s); skipping (--force to retrain).", output, INFO_FILE)
@@ -486,7 +553,11 @@ def distill(args: DistillConfig):
     last = get_last_checkpoint(str(output)) if output.is_dir() else None
     result = trainer.train(resume_from_checkpoint=last)
     metrics = trainer.evaluate()
+    calibration = (fit_calibration(args, ordered_logits(trainer.model, tokenizer, val_ds, run_args), validation)
+                   if args.calibration == "platt" else None)
     head = detach_category_head(trainer.model) if taxonomy is not None else None
+    if calibration and calibration["method"] == "platt":
+        fold_platt(trainer.model, calibration["scale"], calibration["bias"])
     trainer.save_model(str(output))  # every process calls it; the main one writes
     if trainer.is_world_process_zero():
         (output / "training_args.bin").unlink(missing_ok=True)  # a pickle: training_info.json records the settings
@@ -495,6 +566,7 @@ def distill(args: DistillConfig):
         info = training_record(args, run_args, trainer, result, metrics, rows, validation, roles, steps, max_length,
                                time.time() - start, budget)
         info["categories"] = category_record(taxonomy, train_rows, labeled) if taxonomy is not None else None
+        info["calibration"] = calibration or {"method": "none"}
         (output / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
         if not args.keep_checkpoints:
             remove_checkpoints(output)
@@ -506,7 +578,7 @@ _RECORDED = (
     "learning_rate", "weight_decay", "max_grad_norm", "lr_scheduler_type", "warmup_steps", "num_train_epochs", "max_steps",
     "per_device_train_batch_size", "gradient_accumulation_steps", "precision", "bf16", "seed", "validation_size", "balanced",
     "train_sampling_strategy", "metric_for_best_model", "max_train_rows", "max_seconds", "step_budget", "prefixes",
-    "freeze_embeddings", "freeze_layers",
+    "freeze_embeddings", "freeze_layers", "calibration",
 )
 
 
