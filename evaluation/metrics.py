@@ -129,6 +129,14 @@ def fit_temperature(labels, scores):
     return float(math.exp(result.x))
 
 
+def soft_log_loss(targets, probs):
+    """Mean cross-entropy of P(unsafe) `probs` against soft `targets` in [0, 1] (scikit-learn's
+    log_loss takes hard labels only); probabilities clipped to [EPS, 1 - EPS]."""
+    t = np.asarray(targets, dtype=float)
+    p = np.clip(np.asarray(probs, dtype=float), EPS, 1.0 - EPS)
+    return float(-np.mean(t * np.log(p) + (1.0 - t) * np.log(1.0 - p)))
+
+
 def fit_platt(targets, margins):
     """(scale a, bias b) of Platt scaling, P(unsafe) = sigmoid(a * margin + b), fitted by
     scikit-learn's unregularized logistic regression on soft `targets` in [0, 1] (a teacher's

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from scipy.special import expit
 
-from evaluation.metrics import classification_metrics, collect_warnings, fit_platt
+from evaluation.metrics import classification_metrics, collect_warnings, fit_platt, soft_log_loss
 from modeling_saferoute.modeling_saferoute import find_classification_layer
 
 METHODS = ("platt", "none")
@@ -32,9 +32,7 @@ def margins_of(logits):
 def _metrics(targets, probs):
     with collect_warnings([], "calibration"):
         out = classification_metrics((targets > 0.5).astype(int), probs)
-    eps = 1e-7
-    p = np.clip(probs, eps, 1 - eps)
-    out["log_loss"] = float(-np.mean(targets * np.log(p) + (1 - targets) * np.log(1 - p)))
+    out["log_loss"] = soft_log_loss(targets, probs)
     out["flagged"] = float(np.mean(probs > 0.5))
     return out
 
