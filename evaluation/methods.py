@@ -15,6 +15,7 @@ To add a baseline, add one `RoutingMethod` here.
 | saferoute_budget | router score > the threshold keeping the threshold split's usage within the budget | this project |
 | random_same_usage | a seeded random subset as large as SafeRoute's (mean, std over seeds) | this project: the fair random row |
 | random_p50 | each input with probability 0.5, seeded (mean, std over seeds) | SafeRoute's official random baseline |
+| entropy_same_usage | the student's most uncertain inputs (binary entropy), as many as SafeRoute routes | this project: the fair entropy row |
 | entropy | binary entropy of the student's P(unsafe), in bits, > entropy threshold (0.5) | SafeRoute |
 | temperature | the same on the temperature-scaled P(unsafe); items not routed keep the scaled P | SafeRoute (official code) |
 | oracle | the student is wrong and the large guard right (true labels) | SafeRoute |
@@ -94,6 +95,11 @@ def _threshold_route(key):
     return lambda x, s: x.router > x.router_thresholds[key]
 
 
+def _saferoute_count(x):
+    """How many inputs SafeRoute routes at the model's threshold: the same-usage rows route as many."""
+    return int((x.router > x.router_threshold).sum())
+
+
 def _entropy_sweep(temperature):
     return lambda x: (M.binary_entropy(x.student, x.temperature if temperature else 1.0), np.linspace(1.0, 0.0, 101))
 
@@ -113,10 +119,14 @@ METHODS = {
               ("best_f1", "best-F1", "darkgreen", ROUTER_THRESHOLDS["best_f1"]),
               ("budget", "budget", "mediumseagreen", ROUTER_THRESHOLDS["budget"]))),
         RoutingMethod("random_same_usage", "random, same usage as SafeRoute", "tab:gray",
-                      lambda x, s: M.random_mask(len(x.labels), s, n_routed=int((x.router > x.router_threshold).sum())),
+                      lambda x, s: M.random_mask(len(x.labels), s, n_routed=_saferoute_count(x)),
                       "a seeded random subset as large as SafeRoute's", seeded=True, needs_router=True),
         RoutingMethod("random_p50", "random, p = 0.5", "silver", lambda x, s: M.random_mask(len(x.labels), s, p=0.5),
                       "each input with probability 0.5 (SafeRoute's official baseline)", seeded=True),
+        RoutingMethod("entropy_same_usage", "entropy, same usage as SafeRoute", "peru",
+                      lambda x, s: M.top_mask(M.binary_entropy(x.student), _saferoute_count(x)),
+                      "the student's most uncertain inputs (binary entropy), as many as SafeRoute routes",
+                      needs_router=True),
         RoutingMethod("entropy", "entropy (bits > 0.5)", "tab:orange",
                       lambda x, s: M.binary_entropy(x.student) > x.entropy_threshold,
                       "binary entropy of the student's P(unsafe), in bits, > entropy threshold", sweep=_entropy_sweep(False)),

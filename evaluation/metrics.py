@@ -187,6 +187,14 @@ def random_mask(n, seed, n_routed=None, p=None):
     return mask
 
 
+def top_mask(values, n_routed):
+    """A boolean mask of the `n_routed` largest `values` (ties broken by position, first wins)."""
+    values = np.asarray(values, dtype=float)
+    mask = np.zeros(len(values), dtype=bool)
+    mask[np.argsort(-values, kind="stable")[: int(n_routed)]] = True
+    return mask
+
+
 def pr_curve(labels, scores):
     """(precision, recall) arrays of scikit-learn's precision-recall curve."""
     with warnings.catch_warnings():

@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 TEMPLATES = Path(__file__).parent
 CARD_METHODS = ("student", "large", "saferoute", "saferoute_fixed", "saferoute_best_f1", "saferoute_budget", "random_same_usage",
-                "random_p50", "entropy", "temperature", "oracle", "tfidf_logreg")  # the last: evaluate's standing baseline
+                "random_p50", "entropy_same_usage", "entropy", "temperature", "oracle", "tfidf_logreg")  # the last: evaluate's standing baseline
 CARD_METRICS = (("f1", "F1 (threshold 0.5)"), ("auprc", "AUPRC"), ("large_usage", "share sent to the large guard"))
 
 

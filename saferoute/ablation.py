@@ -142,17 +142,20 @@ def summarize(args, arms, seeds):
 
 
 def order_checks(arms):
-    """The papers' order over consecutive arms: each mean AUPRC above the previous one by more than
-    the larger of the two seed standard deviations; the last arm's F1 at least the previous one's."""
+    """The papers' order over consecutive arms, each gap against the larger of the two arms' seed
+    standard deviations: each mean AUPRC above the previous one, and the last arm's mean F1 at least
+    the previous one's. `holds`: the gap is larger than that bar; `in_mean`: it has the right sign."""
     names, checks = list(arms), []
-    for a, b in zip(names, names[1:]):
-        gap = arms[b]["mean"]["auprc"] - arms[a]["mean"]["auprc"]
-        bar = max(arms[a]["sd"]["auprc"], arms[b]["sd"]["auprc"])
-        checks.append({"check": f"AUPRC {a} < {b}", "gap": gap, "bar": bar, "holds": gap > bar})
+
+    def check(name, a, b, metric, strict):
+        gap = arms[b]["mean"][metric] - arms[a]["mean"][metric]
+        bar = max(arms[a]["sd"][metric], arms[b]["sd"][metric])
+        return {"check": name, "gap": gap, "bar": bar, "holds": gap > bar, "in_mean": gap > 0 if strict else gap >= 0}
+
+    checks = [check(f"AUPRC {a} < {b}", a, b, "auprc", True) for a, b in zip(names, names[1:])]
     if len(names) >= 2:
         a, b = names[-2], names[-1]
-        gap = arms[b]["mean"]["f1"] - arms[a]["mean"]["f1"]
-        checks.append({"check": f"F1 {b} >= {a}", "gap": gap, "bar": 0.0, "holds": gap >= 0})
+        checks.append(check(f"F1 {b} >= {a}", a, b, "f1", False))
     return checks
 
 
@@ -169,7 +172,8 @@ def table(result):
     lines.append(f"| (teacher) | {result['teacher']['f1']:.3f} | {result['teacher']['auprc']:.3f} | | | |")
     sizes = ", ".join(f"{b} {n}" for b, n in result["benchmarks"].items())
     lines += ["", f"Six-benchmark averages, at most {result['max_per_benchmark']} per benchmark ({sizes}).", ""]
-    lines += [f"- {c['check']}: gap {c['gap']:+.3f} against {c['bar']:.3f}: {'holds' if c['holds'] else 'does NOT hold'}"
+    verdict = lambda c: "holds" if c["holds"] else "in the mean only" if c["in_mean"] else "does NOT hold"  # noqa: E731
+    lines += [f"- {c['check']}: gap {c['gap']:+.3f} against the larger seed sd {c['bar']:.3f}: {verdict(c)}"
               for c in result["checks"]]
     return "\n".join(lines) + "\n"
 

@@ -71,6 +71,9 @@ def test_ablation_arms_seeds_and_the_order_checks():
         parse_seeds("1,1")
     arm = lambda f1, auprc, sd: {"mean": {"f1": f1, "auprc": auprc}, "sd": {"f1": sd, "auprc": sd}}  # noqa: E731
     checks = order_checks({"human": arm(.6, .60, .01), "kd": arm(.6, .63, .02), "kd_harmaug": arm(.59, .64, .02)})
-    assert [(c["check"], c["holds"]) for c in checks] == [("AUPRC human < kd", True), ("AUPRC kd < kd_harmaug", False),
-                                                          ("F1 kd_harmaug >= kd", False)]
+    assert [(c["check"], c["holds"], c["in_mean"]) for c in checks] == [
+        ("AUPRC human < kd", True, True), ("AUPRC kd < kd_harmaug", False, True), ("F1 kd_harmaug >= kd", False, False)]
     assert checks[1]["bar"] == .02 and abs(checks[1]["gap"] - .01) < 1e-12
+    checks = order_checks({"kd": arm(.568, .63, .008), "kd_harmaug": arm(.579, .66, .016)})  # F1: +.011 against .016
+    assert (checks[-1]["holds"], checks[-1]["in_mean"], checks[-1]["bar"]) == (False, True, .016)
+    assert order_checks({"kd": arm(.55, .63, .01), "kd_harmaug": arm(.57, .66, .01)})[-1]["holds"]

@@ -191,9 +191,10 @@ def _expected(name, y, s, r, lg, settings):
         "entropy": bits(p) > 0.5, "temperature": bits(pt) > 0.5, "oracle": target,
         **{f"saferoute_{k}": r > v for k, v in settings["router_thresholds"].items()},
     }
+    k = int(routes["saferoute"].sum())
+    routes["entropy_same_usage"] = np.isin(np.arange(n), np.argsort(-bits(p), kind="stable")[:k])
     finals = {m: np.where(routed, lg, s) for m, routed in routes.items()}
     finals["temperature"] = np.where(routes["temperature"], lg, pt)
-    k = int(routes["saferoute"].sum())
     randoms = {"random_same_usage": [], "random_p50": []}
     for seed in range(settings["random_seeds"]):
         entropy = [zlib.crc32(name.encode()), seed]
@@ -258,7 +259,8 @@ def test_every_reported_number_recomputes_with_sklearn(first_run, saferoute_dir,
             for metric in M.METRICS:
                 assert reported[method][metric] == pytest.approx(np.mean([x[metric] for x in runs]), abs=1e-9)
                 assert reported[method]["std"][metric] == pytest.approx(np.std([x[metric] for x in runs]), abs=1e-9)
-        assert reported["saferoute"]["large_usage"] == pytest.approx(reported["random_same_usage"]["large_usage"])
+        for same in ("random_same_usage", "entropy_same_usage"):
+            assert reported["saferoute"]["large_usage"] == pytest.approx(reported[same]["large_usage"])
         baseline = f["tfidf_logreg_unsafe_score"].to_numpy()
         assert baseline.std() > 0.1  # the synthetic scores again
         expected = _sk(y, baseline, np.zeros(len(y), bool), target)

@@ -261,6 +261,18 @@ def test_corpus_teacher_from_card_yaml_or_body(corpus_dir, tmp_path, tiny_llama_
     assert corpus_teacher(str(body)) is None
 
 
+def test_the_card_records_a_local_teacher_by_its_absolute_path(tmp_path, monkeypatch):
+    """A corpus built with `--teacher outputs/teacher` names its teacher so that train-router finds it
+    from any working directory; a Hub id is kept as it is."""
+    from dataset_builders.harmaug.card import recorded_model
+
+    (tmp_path / "outputs" / "teacher").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert recorded_model("outputs/teacher") == str(tmp_path.resolve() / "outputs" / "teacher")
+    assert recorded_model("meta-llama/Llama-Guard-3-8B") == "meta-llama/Llama-Guard-3-8B"
+    assert recorded_model("bundled:mpnet-base") == "bundled:mpnet-base"
+
+
 def test_labeled_rows_of_another_role_are_refused(corpus_dir, tmp_path):
     """--data may name rows neither model saw (not in the split at all, or router rows); a teacher,
     student or validation row is refused unless forced."""
