@@ -16,8 +16,8 @@ after such a failure), `LargeGuardBadResponse` when it answered but refused the 
 the policy "raise" (a server may hold the remote-code copy of these classes: it reads the attribute).
 """
 
-import concurrent.futures
 import atexit
+import concurrent.futures
 import math
 import os
 import random
@@ -90,8 +90,8 @@ class VLLMVerdicts:
         self.params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         self._lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _shutdown_llm, self.llm)
-        # At exit, shut down as close() does: before vLLM's own exit-time finalizers (a finalizer's
-        # exit hook runs last, with gc off) and while the interpreter is whole.
+        # At exit, shut down from an atexit hook, as close() would: with gc on and before weakref's
+        # exit hook, which runs every pending finalizer (vLLM's own included) with gc off.
         atexit.register(self._finalizer)
 
     def __call__(self, token_ids, verdict_ids):

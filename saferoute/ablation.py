@@ -145,7 +145,7 @@ def order_checks(arms):
     """The papers' order over consecutive arms, each gap against the larger of the two arms' seed
     standard deviations: each mean AUPRC above the previous one, and the last arm's mean F1 at least
     the previous one's. `holds`: the gap is larger than that bar; `in_mean`: it has the right sign."""
-    names, checks = list(arms), []
+    names = list(arms)
 
     def check(name, a, b, metric, strict):
         gap = arms[b]["mean"][metric] - arms[a]["mean"][metric]
