@@ -1,6 +1,7 @@
 """`saferoute train-router`: router labels, the (Bayesian) router fit, threshold choice, packaging."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -263,14 +264,20 @@ def test_corpus_teacher_from_card_yaml_or_body(corpus_dir, tmp_path, tiny_llama_
 
 def test_the_card_records_a_local_teacher_by_its_absolute_path(tmp_path, monkeypatch):
     """A corpus built with `--teacher outputs/teacher` names its teacher so that train-router finds it
-    from any working directory; a Hub id is kept as it is."""
-    from dataset_builders.harmaug.card import recorded_model
+    from any working directory; a Hub id is kept as it is. The card records it with the one helper
+    that `package` uses for the large guard."""
+    import dataset_builders.harmaug.card as card
+    from publishing.package import large_guard_location
 
     (tmp_path / "outputs" / "teacher").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
-    assert recorded_model("outputs/teacher") == str(tmp_path.resolve() / "outputs" / "teacher")
-    assert recorded_model("meta-llama/Llama-Guard-3-8B") == "meta-llama/Llama-Guard-3-8B"
-    assert recorded_model("bundled:mpnet-base") == "bundled:mpnet-base"
+    args = SimpleNamespace(**{name: None for name in card.CARD_SETTINGS}, responder=None)
+    for teacher, recorded in (("outputs/teacher", str(tmp_path.resolve() / "outputs" / "teacher")),
+                              ("meta-llama/Llama-Guard-3-8B", "meta-llama/Llama-Guard-3-8B"),
+                              ("bundled:mpnet-base", "bundled:mpnet-base")):
+        args.teacher = teacher
+        assert large_guard_location(teacher) == recorded
+        assert card.corpus_stats([], args, {}, [], "sequence_classification")["teacher"] == recorded
 
 
 def test_labeled_rows_of_another_role_are_refused(corpus_dir, tmp_path):

@@ -43,16 +43,13 @@ def category_stats(rows, taxonomy):
     return {"taxonomy": taxonomy["name"], "kinds": kinds, "mean": mean}
 
 
-def recorded_model(name_or_path):
-    """How the card names a model: a local folder by its absolute path (the card is read from other
-    working directories: train-router finds its large guard there), a Hub id or alias unchanged."""
-    return str(Path(name_or_path).resolve()) if name_or_path and Path(name_or_path).is_dir() else name_or_path
-
-
 def corpus_stats(rows, args, filter_counts, instructions, teacher_kind, generation_meta=()):
     """Everything the dataset card reports, as a JSON-serialisable dict."""
+    from publishing.package import large_guard_location
+
     stats = {name: getattr(args, name) for name in CARD_SETTINGS}
-    stats["teacher"] = recorded_model(args.teacher)
+    # a local teacher folder by its absolute path: train-router reads it from any working directory
+    stats["teacher"] = large_guard_location(args.teacher)
     stats["responder"] = args.responder or args.generator
     # what a pieced bundled generator is (upstream model, packages, pinned sha256); None for a Hub id or path
     stats["generator_provenance"] = provenance(args.generator)
