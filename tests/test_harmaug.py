@@ -353,6 +353,31 @@ def test_kill_and_resume_gives_identical_rows(data, tiny_llama_guard_dir, tmp_pa
     assert not list(work.rglob(".tmp-*"))
 
 
+def test_generation_seed_redraws_the_synthetic_rows_over_the_same_seed_rows(data, tiny_llama_guard_dir, tmp_path, reference_corpus):
+    """--generation_seed draws other exemplars, generations and responses; the seed rows, the
+    validation split and their labels stay those of --seed. Set to --seed itself it changes nothing."""
+    same = tiny_args(data, tiny_llama_guard_dir, tmp_path / "same", generation_seed=0, **KILL_SETTINGS)
+    build(same)
+    assert corpus_rows(same.output_dir) == reference_corpus
+    other = tiny_args(data, tiny_llama_guard_dir, tmp_path / "other", generation_seed=1, **KILL_SETTINGS)
+    build(other)
+    rows = corpus_rows(other.output_dir)
+
+    def part(rows, origin):
+        return [r for r in rows if r["origin"] == origin]
+
+    assert part(rows, "seed") == part(reference_corpus, "seed")
+
+    def validation(args):
+        return pq.read_table(sorted((Path(args.output_dir) / "data").glob("validation-*.parquet"))).to_pylist()
+
+    assert validation(other) == validation(same) != []
+    new, old = part(rows, "synthetic"), part(reference_corpus, "synthetic")
+    assert new and old
+    assert {r["prompt"] for r in new if r["kind"] == "prompt_only"} != {r["prompt"] for r in old if r["kind"] == "prompt_only"}
+    assert "seed 0, generation seed 1)" in (Path(other.output_dir) / "README.md").read_text()
+
+
 def test_torchrun_two_processes_split_the_shards(data, tiny_llama_guard_dir, tmp_path, reference_corpus):
     """Two CPU processes (gloo) take alternate shards of every stage; the merged corpus is the same."""
     args = tiny_args(data, tiny_llama_guard_dir, tmp_path, **KILL_SETTINGS)

@@ -115,6 +115,7 @@ class BuildCorpusArguments:
     score_store: Optional[str] = field(default=None, metadata={"help": "Folder of the score store shared by the stages (recipes: {output_root}/scores): the teacher scores each text once across stages and runs; default <work_dir>/scores."})
     license: str = field(default="cc-by-nc-4.0", metadata={"help": "Licence in the dataset card (the offline seed pool is mostly CC-BY-NC-4.0)."})
     seed: int = field(default=0, metadata={"help": "Seed: each request and shard derives its own from it."})
+    generation_seed: Optional[int] = field(default=None, metadata={"help": "Seed of the exemplars, generations and responses only (default: --seed): another draw of the synthetic rows over the same seed rows."})
     push_to_hub: Optional[str] = field(default=None, metadata={"help": "Upload the output folder to this dataset repo id."})
     hub_private: bool = field(default=False, metadata={"help": "Create the Hub repo private."})
 
@@ -330,15 +331,22 @@ class CorpusBuild:
     def _settings(self, names, **extra):
         return {**extra, **{k: getattr(self.args, k) for k in names}}
 
+    def _generation_seed(self):
+        """The seed the exemplars, generations and responses derive theirs from, and its settings
+        entry (none when it is --seed, so builds made before the option resume as they were)."""
+        seed = self.args.generation_seed
+        return (self.args.seed, {}) if seed is None else (seed, {"generation_seed": seed})
+
     def generate(self):
         args = self.args
-        stage = ShardedStage(self.work, "generate", self._settings(GENERATE_SETTINGS, roles=self.roles.fingerprint),
+        seed, seed_setting = self._generation_seed()
+        stage = ShardedStage(self.work, "generate", self._settings(GENERATE_SETTINGS, roles=self.roles.fingerprint, **seed_setting),
                              -(-args.num_requests // args.shard_size), GENERATE_SCHEMA)
 
         def work(index):
             indices = list(range(index * args.shard_size, min((index + 1) * args.shard_size, args.num_requests)))
             return generate.generate_shard(self.models.generator(args.generator), self.exemplars, indices, args,
-                                           derive_seed(args.seed, "generate", index))
+                                           derive_seed(seed, "generate", index), exemplar_seed=seed)
 
         return _run_stage(stage, self.state, work, "generate")
 
@@ -367,13 +375,14 @@ class CorpusBuild:
 
     def respond(self, filtered):
         args, kept = self.args, filtered.read()
-        settings = self._settings(RESPOND_SETTINGS, upstream=filtered.fingerprint, responder=args.responder or args.generator)
+        seed, seed_setting = self._generation_seed()
+        settings = self._settings(RESPOND_SETTINGS, upstream=filtered.fingerprint, responder=args.responder or args.generator, **seed_setting)
         stage = ShardedStage(self.work, "respond", settings, -(-len(kept) // args.shard_size), RESPOND_SCHEMA)
 
         def work(index):
             rows = kept[index * args.shard_size : (index + 1) * args.shard_size]
             return respond.respond_shard(self.models.generator(args.responder or args.generator), rows, args,
-                                         derive_seed(args.seed, "respond", index))
+                                         derive_seed(seed, "respond", index))
 
         return _run_stage(stage, self.state, work, "respond")
 

@@ -12,7 +12,7 @@ from .filters import distinct_n
 CARD_SETTINGS = (
     "generator", "backend", "seed_pool", "num_requests", "num_exemplars", "request", "prefix", "temperature", "top_p",
     "max_new_tokens", "min_words", "max_words", "ngram", "near_duplicate_threshold", "contamination_threshold",
-    "compliant_prefix", "refusal_prefix", "teacher", "seed", "license",
+    "compliant_prefix", "refusal_prefix", "teacher", "seed", "generation_seed", "license",
 )
 
 

@@ -364,10 +364,12 @@ def load_generator(name_or_path, backend="transformers", **kwargs):
     return BACKENDS[backend](name_or_path, **kwargs)
 
 
-def generate_shard(generator, pool, indices, args, shard_seed):
-    """Rows of the generate stage for the requests `indices` (one shard), plus timing metadata."""
+def generate_shard(generator, pool, indices, args, shard_seed, exemplar_seed=None):
+    """Rows of the generate stage for the requests `indices` (one shard), plus timing metadata;
+    each request's exemplars are drawn with `exemplar_seed` (default `args.seed`)."""
+    exemplar_seed = args.seed if exemplar_seed is None else exemplar_seed
     prompts = [
-        render_chat(generator.tokenizer, request_messages(request_exemplars(pool, i, args.num_exemplars, args.seed), args.request), args.prefix)
+        render_chat(generator.tokenizer, request_messages(request_exemplars(pool, i, args.num_exemplars, exemplar_seed), args.request), args.prefix)
         for i in indices
     ]
     start, cpu_start = time.perf_counter(), time.process_time()
