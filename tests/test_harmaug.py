@@ -363,8 +363,8 @@ def test_generation_seed_redraws_the_synthetic_rows_over_the_same_seed_rows(data
     build(other)
     rows = corpus_rows(other.output_dir)
 
-    def part(rows, origin):
-        return [r for r in rows if r["origin"] == origin]
+    def part(corpus, origin):
+        return [r for r in corpus if r["origin"] == origin]
 
     assert part(rows, "seed") == part(reference_corpus, "seed")
 

@@ -334,8 +334,8 @@ class CorpusBuild:
     def _generation_seed(self):
         """The seed the exemplars, generations and responses derive theirs from, and its settings
         entry (none when it is --seed, so builds made before the option resume as they were)."""
-        seed = self.args.generation_seed
-        return (self.args.seed, {}) if seed is None else (seed, {"generation_seed": seed})
+        seed = generate.generation_seed(self.args)
+        return seed, {} if self.args.generation_seed is None else {"generation_seed": seed}
 
     def generate(self):
         args = self.args
@@ -346,7 +346,7 @@ class CorpusBuild:
         def work(index):
             indices = list(range(index * args.shard_size, min((index + 1) * args.shard_size, args.num_requests)))
             return generate.generate_shard(self.models.generator(args.generator), self.exemplars, indices, args,
-                                           derive_seed(seed, "generate", index), exemplar_seed=seed)
+                                           derive_seed(seed, "generate", index))
 
         return _run_stage(stage, self.state, work, "generate")
 

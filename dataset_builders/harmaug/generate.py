@@ -364,12 +364,18 @@ def load_generator(name_or_path, backend="transformers", **kwargs):
     return BACKENDS[backend](name_or_path, **kwargs)
 
 
-def generate_shard(generator, pool, indices, args, shard_seed, exemplar_seed=None):
+def generation_seed(args):
+    """The seed the exemplars, generations and responses derive theirs from: `args.generation_seed`
+    where set, else `args.seed` (the seed rows always follow `args.seed`)."""
+    return args.seed if args.generation_seed is None else args.generation_seed
+
+
+def generate_shard(generator, pool, indices, args, shard_seed):
     """Rows of the generate stage for the requests `indices` (one shard), plus timing metadata;
-    each request's exemplars are drawn with `exemplar_seed` (default `args.seed`)."""
-    exemplar_seed = args.seed if exemplar_seed is None else exemplar_seed
+    each request's exemplars are drawn with `generation_seed(args)`."""
+    seed = generation_seed(args)
     prompts = [
-        render_chat(generator.tokenizer, request_messages(request_exemplars(pool, i, args.num_exemplars, exemplar_seed), args.request), args.prefix)
+        render_chat(generator.tokenizer, request_messages(request_exemplars(pool, i, args.num_exemplars, seed), args.request), args.prefix)
         for i in indices
     ]
     start, cpu_start = time.perf_counter(), time.process_time()
